@@ -1,0 +1,3 @@
+from dbslower.cli import main
+
+raise SystemExit(main())

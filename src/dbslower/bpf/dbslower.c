@@ -1,0 +1,636 @@
+/*
+ * dbslower's BPF program, for both engines (ENGINE_POSTGRES or ENGINE_MYSQL).
+ *
+ * It is one file because bcc rewrites map calls such as
+ * `events.ringbuf_output(...)` only in the main source file, not in headers;
+ * pure helpers live in buckets.h and fingerprint.h.
+ *
+ * Never dereferences kernel structures: only pt_regs and user memory.
+ * Configuration: -D flags from dbslower/plan.py, documented in dbslower.h.
+ */
+#include <uapi/linux/ptrace.h>
+#include "dbslower.h"
+#include "buckets.h"
+
+#ifndef THRESHOLD_NS
+#define THRESHOLD_NS 1000000ULL
+#endif
+#ifndef MODE
+#define MODE MODE_STREAM
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 2048
+#endif
+#ifndef INFLIGHT_ENTRIES
+#define INFLIGHT_ENTRIES 8192
+#endif
+#ifndef DIGEST_ENTRIES
+#define DIGEST_ENTRIES 16384
+#endif
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(counters, u64, CTR_COUNT);
+
+static __always_inline void count(int which)
+{
+	u64 *c = counters.lookup(&which);
+	if (c)
+		(*c)++;
+}
+
+#if FILTER_PIDS
+/* tgid -> TRACE_SELF or TRACE_INHERIT. Seeded from user space; children of
+ * TRACE_INHERIT processes (PostgreSQL backends forked by the postmaster) are
+ * added as they fork, so connections opened later are traced too. */
+#define TRACE_SELF 1
+#define TRACE_INHERIT 2
+BPF_HASH(traced_pids, u32, u8, 65536);
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 parent = args->parent_pid;
+	u8 *mode = traced_pids.lookup(&parent);
+	if (mode && *mode == TRACE_INHERIT) {
+		u32 child = args->child_pid;
+		u8 self = TRACE_SELF;
+		traced_pids.update(&child, &self);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	/* Only the group leader's exit ends the process. */
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+	if ((u32)id == tgid)
+		traced_pids.delete(&tgid);
+	return 0;
+}
+
+static __always_inline int pid_traced(u32 tgid)
+{
+	return traced_pids.lookup(&tgid) != 0;
+}
+#else
+static __always_inline int pid_traced(u32 tgid)
+{
+	return 1;
+}
+#endif
+
+
+#if MODE == MODE_HIST
+BPF_PERCPU_ARRAY(hist, u64, HIST_BUCKETS);
+BPF_PERCPU_ARRAY(hist_failed, u64, 1);
+#endif
+
+
+#if MODE == MODE_DIGEST
+BPF_HASH(digests, u64, struct digest_stats, DIGEST_ENTRIES);
+BPF_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
+#include "fingerprint.h"
+#endif
+
+/*
+ * A statement has finished. ev holds its header and text; the caller has set
+ * duration_ns and flags. Streams it, or aggregates it, per MODE.
+ */
+static __always_inline void finish_statement(struct query_event *ev)
+{
+	if (ev->duration_ns < THRESHOLD_NS)
+		return;
+#if MODE == MODE_STREAM
+	u32 len = ev->text_len;
+	if (len > TEXT_BYTES)
+		len = TEXT_BYTES;
+	ev->kind = KIND_QUERY;
+	if (events.ringbuf_output(ev, offsetof(struct query_event, text) + len, 0) < 0)
+		count(CTR_LOST_EVENTS);
+#elif MODE == MODE_HIST
+	u32 b = hist_bucket(ev->duration_ns);
+	u64 *c = hist.lookup(&b);
+	if (c)
+		(*c)++;
+	if (ev->flags & EV_FAILED) {
+		u32 zero = 0;
+		u64 *f = hist_failed.lookup(&zero);
+		if (f)
+			(*f)++;
+	}
+#elif MODE == MODE_DIGEST
+	u32 len = ev->text_len;
+	if (len > TEXT_BYTES)
+		len = TEXT_BYTES;
+	u64 fp = kernel_fingerprint(ev->text, len);
+	struct digest_stats *st = digests.lookup(&fp);
+	if (!st) {
+		struct digest_stats zero = {};
+		/* insert fails with -EEXIST when another CPU won the race */
+		int first = digests.insert(&fp, &zero) == 0;
+		st = digests.lookup(&fp);
+		if (!st) {
+			count(CTR_MAP_FULL);
+			return;
+		}
+		if (first) {
+			ev->kind = KIND_SAMPLE;
+			ev->fp = fp;
+			if (events.ringbuf_output(ev, offsetof(struct query_event, text) + len, 0) < 0)
+				count(CTR_LOST_EVENTS);
+		}
+	}
+	__sync_fetch_and_add(&st->calls, 1);
+	__sync_fetch_and_add(&st->total_ns, ev->duration_ns);
+	if (ev->duration_ns > st->max_ns)
+		st->max_ns = ev->duration_ns;
+	if (ev->flags & EV_FAILED)
+		__sync_fetch_and_add(&st->failed, 1);
+	struct hist_key hk = {.fp = fp, .bucket = hist_bucket(ev->duration_ns)};
+	u64 one = 1;
+	u64 *hc = digest_hist.lookup(&hk);
+	if (hc) {
+		__sync_fetch_and_add(hc, 1);
+	} else if (digest_hist.insert(&hk, &one) != 0) {
+		hc = digest_hist.lookup(&hk);
+		if (hc)
+			__sync_fetch_and_add(hc, 1);
+		else
+			count(CTR_MAP_FULL);
+	}
+#endif
+}
+
+#if ENGINE == ENGINE_POSTGRES
+/*
+ * PostgreSQL: one event per executed statement, on every protocol.
+ *
+ * A backend reports every protocol message it starts working on through
+ * pgstat_report_activity(STATE_RUNNING, text): simple Query, Parse, Bind and
+ * Execute alike (src/backend/tcop/postgres.c, exec_simple_query,
+ * exec_parse_message, exec_bind_message, exec_execute_message). It reports
+ * again, with no text, when it goes idle before ReadyForQuery. The USDT probe
+ * statement__status is the first statement of that function
+ * (src/backend/utils/activity/backend_status.c in PG 14+), so both give the
+ * same edges.
+ *
+ * A "window" runs from one such report to the next. Windows that ran a
+ * portal (PortalRun: USDT query__execute__start, or a uprobe on PortalRun)
+ * are a simple Query or an Execute; windows without one are Parse or Bind,
+ * and their time is carried into the next statement that executes. So an
+ * extended-protocol statement's latency is parse + bind + execute, which is
+ * what the server's log_min_duration_statement lines add up to.
+ *
+ * Errors: the backend's error recovery in PostgresMain calls
+ * AbortCurrentTransaction() before it reports idle, so a uprobe there marks
+ * the open window as failed (this covers query cancels too).
+ *
+ * Config: USE_USDT (1: USDT probes, 0: uprobes on exported functions),
+ * PG_STATE_RUNNING (BackendState value of STATE_RUNNING, per version).
+ */
+
+struct pg_inflight {
+	u64 window_start_ns; /* 0 when no message is being processed */
+	u64 pending_ns;      /* earlier windows of this statement */
+	u8 executed;         /* a portal ran in the current window */
+	u8 has_text;
+	u8 pad[6];
+	struct query_event ev;
+};
+
+BPF_TABLE("lru_hash", u32, struct pg_inflight, inflight, INFLIGHT_ENTRIES);
+BPF_PERCPU_ARRAY(inflight_zero, struct pg_inflight, 1);
+
+static __always_inline void end_statement(struct pg_inflight *v)
+{
+	v->ev.duration_ns = v->pending_ns;
+	finish_statement(&v->ev);
+	v->pending_ns = 0;
+	v->has_text = 0;
+	v->executed = 0;
+	v->ev.flags = 0;
+}
+
+static __always_inline void close_window(struct pg_inflight *v, u64 now)
+{
+	v->pending_ns += now - v->window_start_ns;
+	v->window_start_ns = 0;
+	if (v->executed || (v->ev.flags & EV_FAILED))
+		end_statement(v);
+}
+
+static __always_inline void copy_text(struct pg_inflight *v, const char *text)
+{
+	int n = bpf_probe_read_user_str(v->ev.text, TEXT_BYTES + 1, text);
+	if (n <= 0) {
+		v->ev.text_len = 0;
+		v->ev.flags |= EV_NO_TEXT;
+		return;
+	}
+	v->ev.text_len = n - 1;
+	if (n == TEXT_BYTES + 1) {
+		/* The copy stopped at the buffer's end: was there more? */
+		char more = 0;
+		bpf_probe_read_user(&more, 1, text + TEXT_BYTES);
+		if (more)
+			v->ev.flags |= EV_TRUNCATED;
+	}
+}
+
+static __always_inline int on_status(const char *text, int running)
+{
+	u64 now = bpf_ktime_get_ns();
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	if (!pid_traced(tgid))
+		return 0;
+	struct pg_inflight *v = inflight.lookup(&tid);
+	if (v && v->window_start_ns)
+		close_window(v, now);
+	if (!running || !text) {
+		/* Idle after a Parse or Bind with no Execute (say, a prepare on
+		 * its own Sync): keep its time for the next statement, which
+		 * the server's parse+bind+execute sum includes, but not its
+		 * text, which may belong to another statement. */
+		if (v)
+			v->has_text = 0;
+		return 0;
+	}
+	if (!v) {
+		u32 zero = 0;
+		struct pg_inflight *init = inflight_zero.lookup(&zero);
+		if (!init)
+			return 0;
+		inflight.update(&tid, init);
+		v = inflight.lookup(&tid);
+		if (!v)
+			return 0;
+	}
+	v->window_start_ns = now;
+	v->executed = 0;
+	if (!v->has_text) {
+		/* First window of a statement: it starts here, and its text is
+		 * copied now, because a simple Query's buffer is reset before
+		 * the backend reports idle. Bind and Execute reuse it. */
+		v->has_text = 1;
+		v->ev.start_ns = now;
+		v->ev.pid = tgid;
+		v->ev.tid = tid;
+		v->ev.flags = 0;
+		copy_text(v, text);
+	}
+	return 0;
+}
+
+static __always_inline int on_execute(void)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct pg_inflight *v = inflight.lookup(&tid);
+	if (v && v->window_start_ns)
+		v->executed = 1;
+	return 0;
+}
+
+#if USE_USDT
+int pg_status(struct pt_regs *ctx)
+{
+	u64 text = 0;
+	bpf_usdt_readarg(1, ctx, &text);
+	return on_status((const char *)text, text != 0);
+}
+
+int pg_execute(struct pt_regs *ctx)
+{
+	return on_execute();
+}
+#else
+/* pgstat_report_activity(BackendState state, const char *cmd_str) */
+int pg_status(struct pt_regs *ctx)
+{
+	int state = (int)PT_REGS_PARM1(ctx);
+	const char *text = (const char *)PT_REGS_PARM2(ctx);
+	return on_status(text, state == PG_STATE_RUNNING);
+}
+
+/* PortalRun(Portal portal, ...) */
+int pg_execute(struct pt_regs *ctx)
+{
+	return on_execute();
+}
+#endif
+
+/* AbortCurrentTransaction(void): error recovery of the statement in flight */
+int pg_abort(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct pg_inflight *v = inflight.lookup(&tid);
+	if (v && v->window_start_ns)
+		v->ev.flags |= EV_FAILED;
+	return 0;
+}
+#endif /* ENGINE_POSTGRES */
+
+#if ENGINE == ENGINE_MYSQL
+/*
+ * MySQL and MariaDB: one event per statement run through COM_QUERY,
+ * COM_STMT_EXECUTE or COM_STMT_BULK_EXECUTE.
+ *
+ * Uprobe path (no USDT: Debian's MariaDB, MySQL 8): dispatch_command()
+ * entry and return bound each command. Its signature differs by server; the
+ * argument positions come from the table in dbslower/quirks.py as DC_* flags.
+ *  - COM_QUERY text is copied at entry (packet, or COM_DATA's query field).
+ *  - Several statements in one COM_QUERY: MariaDB calls mysql_parse() once
+ *    per statement and slow-logs each on its own, so with SPLIT_MULTI each
+ *    further mysql_parse() call ends the previous statement.
+ *  - Prepared statements: Prepared_statement::prepare(this, text, len) saves
+ *    the text by (process, this) until ~Prepared_statement; execute(this,..)
+ *    links the running command to it.
+ *  - Errors: my_message_sql() is the server's error sink; calls without the
+ *    note/warning flags mark the statement failed.
+ *
+ * USDT path (MySQL 5.x, MariaDB with ENABLE_DTRACE): query__start(query,
+ * connid, db, user, host) and query__done(status).
+ */
+
+struct my_inflight {
+	u64 stmt_ptr; /* start of the current statement inside a multi-statement packet */
+	u64 ps;       /* Prepared_statement* being executed */
+	u32 nparse;
+	u32 pad;
+	struct query_event ev;
+};
+
+struct ps_key {
+	u64 ps;
+	u32 tgid;
+	u32 pad;
+};
+
+struct ps_text {
+	u32 len;
+	u8 truncated;
+	u8 pad[3];
+	char text[TEXT_BYTES + 1];
+};
+
+BPF_TABLE("lru_hash", u32, struct my_inflight, inflight, INFLIGHT_ENTRIES);
+BPF_PERCPU_ARRAY(inflight_zero, struct my_inflight, 1);
+
+static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
+{
+	u32 tid = (u32)id, zero = 0;
+	struct my_inflight *init = inflight_zero.lookup(&zero);
+	if (!init)
+		return 0;
+	inflight.update(&tid, init);
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v)
+		return 0;
+	v->ev.start_ns = now;
+	v->ev.pid = id >> 32;
+	v->ev.tid = tid;
+	return v;
+}
+
+/* Copies len bytes of statement text (not NUL-terminated) into ev. */
+static __always_inline void copy_counted(struct query_event *ev, const char *text, u32 len)
+{
+	u32 n = len;
+	if (n > TEXT_BYTES) {
+		n = TEXT_BYTES;
+		ev->flags |= EV_TRUNCATED;
+	}
+	if (bpf_probe_read_user(ev->text, n & (TEXT_BYTES * 2 - 1), text) < 0) {
+		ev->flags |= EV_NO_TEXT;
+		n = 0;
+	}
+	ev->text_len = n;
+}
+
+#if USE_USDT
+int my_query_start(struct pt_regs *ctx)
+{
+	u64 now = bpf_ktime_get_ns();
+	u64 id = bpf_get_current_pid_tgid();
+	if (!pid_traced(id >> 32))
+		return 0;
+	struct my_inflight *v = start_inflight(now, id);
+	if (!v)
+		return 0;
+	u64 query = 0, connid = 0, db = 0, user = 0, host = 0;
+	bpf_usdt_readarg(1, ctx, &query);
+	bpf_usdt_readarg(2, ctx, &connid);
+	bpf_usdt_readarg(3, ctx, &db);
+	bpf_usdt_readarg(4, ctx, &user);
+	bpf_usdt_readarg(5, ctx, &host);
+	v->ev.conn_id = connid;
+	v->ev.command = COM_QUERY;
+	int n = bpf_probe_read_user_str(v->ev.text, TEXT_BYTES + 1, (void *)query);
+	if (n <= 0) {
+		v->ev.flags |= EV_NO_TEXT;
+		n = 1;
+	} else if (n == TEXT_BYTES + 1) {
+		char more = 0;
+		bpf_probe_read_user(&more, 1, (char *)query + TEXT_BYTES);
+		if (more)
+			v->ev.flags |= EV_TRUNCATED;
+	}
+	v->ev.text_len = n - 1;
+	if (db)
+		bpf_probe_read_user_str(v->ev.db, sizeof(v->ev.db), (void *)db);
+	if (user)
+		bpf_probe_read_user_str(v->ev.user, sizeof(v->ev.user), (void *)user);
+	if (host)
+		bpf_probe_read_user_str(v->ev.host, sizeof(v->ev.host), (void *)host);
+	return 0;
+}
+
+int my_query_done(struct pt_regs *ctx)
+{
+	u64 now = bpf_ktime_get_ns();
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v)
+		return 0;
+	u64 status = 0;
+	bpf_usdt_readarg(1, ctx, &status);
+	if ((int)status != 0)
+		v->ev.flags |= EV_FAILED;
+	v->ev.duration_ns = now - v->ev.start_ns;
+	finish_statement(&v->ev);
+	inflight.delete(&tid);
+	return 0;
+}
+
+#else /* uprobes */
+
+#define ARG(ctx, n) ((n) == 1 ? PT_REGS_PARM1(ctx) : (n) == 2 ? PT_REGS_PARM2(ctx) : \
+		     (n) == 3 ? PT_REGS_PARM3(ctx) : (n) == 4 ? PT_REGS_PARM4(ctx) : \
+		     (n) == 5 ? PT_REGS_PARM5(ctx) : PT_REGS_PARM6(ctx))
+
+BPF_HASH(ps_texts, struct ps_key, struct ps_text, PS_ENTRIES);
+BPF_PERCPU_ARRAY(ps_zero, struct ps_text, 1);
+
+static __always_inline int traced_command(u32 cmd)
+{
+	return cmd == COM_QUERY || cmd == COM_STMT_EXECUTE || cmd == COM_STMT_BULK_EXECUTE;
+}
+
+int my_dispatch_entry(struct pt_regs *ctx)
+{
+	u64 now = bpf_ktime_get_ns();
+	u64 id = bpf_get_current_pid_tgid();
+	if (!pid_traced(id >> 32))
+		return 0;
+	u32 cmd = (u32)ARG(ctx, DC_CMD_ARG);
+	if (!traced_command(cmd)) {
+		u32 tid = (u32)id;
+		inflight.delete(&tid);
+		return 0;
+	}
+	struct my_inflight *v = start_inflight(now, id);
+	if (!v)
+		return 0;
+	v->ev.command = cmd;
+#if THD_CONN_ID_OFFSET >= 0
+	u64 thd = ARG(ctx, DC_THD_ARG);
+	bpf_probe_read_user(&v->ev.conn_id, sizeof(u64), (void *)(thd + THD_CONN_ID_OFFSET));
+#endif
+	if (cmd != COM_QUERY)
+		return 0;
+#if DC_TEXT_MODE == DC_TEXT_PACKET
+	const char *packet = (const char *)ARG(ctx, DC_PACKET_ARG);
+	u32 len = (u32)ARG(ctx, DC_LEN_ARG);
+#else
+	/* COM_DATA: union whose com_query member starts {const char *query; unsigned length;} */
+	const char *com_data = (const char *)ARG(ctx, DC_COMDATA_ARG);
+	const char *packet = 0;
+	u32 len = 0;
+	bpf_probe_read_user(&packet, sizeof(packet), com_data);
+	bpf_probe_read_user(&len, sizeof(len), com_data + 8);
+#endif
+	v->stmt_ptr = (u64)packet;
+	copy_counted(&v->ev, packet, len);
+	return 0;
+}
+
+int my_dispatch_return(struct pt_regs *ctx)
+{
+	u64 now = bpf_ktime_get_ns();
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v)
+		return 0;
+	v->ev.duration_ns = now - v->ev.start_ns;
+	if (v->ev.command != COM_QUERY && v->ev.duration_ns >= THRESHOLD_NS) {
+		struct ps_key k = {.ps = v->ps, .tgid = tgid};
+		struct ps_text *t = v->ps ? ps_texts.lookup(&k) : 0;
+		if (t) {
+			u32 n = t->len;
+			if (n > TEXT_BYTES)
+				n = TEXT_BYTES;
+			bpf_probe_read_kernel(v->ev.text, n & (TEXT_BYTES * 2 - 1), t->text);
+			v->ev.text_len = n;
+			if (t->truncated)
+				v->ev.flags |= EV_TRUNCATED;
+		} else {
+			v->ev.flags |= EV_NO_TEXT;
+			count(CTR_NO_TEXT);
+		}
+	}
+	finish_statement(&v->ev);
+	inflight.delete(&tid);
+	return 0;
+}
+
+#if SPLIT_MULTI
+/* mysql_parse(THD *thd, char *rawbuf, uint length, Parser_state *) */
+int my_parse(struct pt_regs *ctx)
+{
+	u64 now = bpf_ktime_get_ns();
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v || v->ev.command != COM_QUERY)
+		return 0;
+	u64 raw = PT_REGS_PARM2(ctx);
+	u32 len = (u32)PT_REGS_PARM3(ctx);
+	if (v->nparse++ == 0)
+		return 0;
+	/* The previous statement ends where this one starts. */
+	if (raw > v->stmt_ptr && raw - v->stmt_ptr < v->ev.text_len)
+		v->ev.text_len = raw - v->stmt_ptr;
+	v->ev.duration_ns = now - v->ev.start_ns;
+	finish_statement(&v->ev);
+	v->ev.start_ns = now;
+	v->ev.flags = 0;
+	v->stmt_ptr = raw;
+	copy_counted(&v->ev, (const char *)raw, len);
+	return 0;
+}
+#endif
+
+/* Prepared_statement::prepare(const char *packet, uint packet_length) */
+int my_ps_prepare(struct pt_regs *ctx)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(tgid))
+		return 0;
+	struct ps_key k = {.ps = PT_REGS_PARM1(ctx), .tgid = tgid};
+	u32 zero = 0;
+	struct ps_text *init = ps_zero.lookup(&zero);
+	if (!init)
+		return 0;
+	if (ps_texts.update(&k, init) != 0) {
+		count(CTR_MAP_FULL);
+		return 0;
+	}
+	struct ps_text *t = ps_texts.lookup(&k);
+	if (!t)
+		return 0;
+	const char *text = (const char *)PT_REGS_PARM2(ctx);
+	u32 len = (u32)PT_REGS_PARM3(ctx);
+	u32 n = len;
+	if (n > TEXT_BYTES) {
+		n = TEXT_BYTES;
+		t->truncated = 1;
+	}
+	if (bpf_probe_read_user(t->text, n & (TEXT_BYTES * 2 - 1), text) < 0)
+		n = 0;
+	t->len = n;
+	return 0;
+}
+
+/* Prepared_statement::execute(String *expanded_query, bool open_cursor) */
+int my_ps_execute(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (v && v->ev.command != COM_QUERY)
+		v->ps = PT_REGS_PARM1(ctx);
+	return 0;
+}
+
+/* Prepared_statement::~Prepared_statement(): `this` may be reused after it */
+int my_ps_destroy(struct pt_regs *ctx)
+{
+	struct ps_key k = {.ps = PT_REGS_PARM1(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
+	ps_texts.delete(&k);
+	return 0;
+}
+
+/* my_message_sql(uint error, const char *str, myf MyFlags) */
+int my_error(struct pt_regs *ctx)
+{
+	u64 flags = PT_REGS_PARM3(ctx);
+	if (flags & (ME_NOTE | ME_WARNING))
+		return 0;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (v)
+		v->ev.flags |= EV_FAILED;
+	return 0;
+}
+#endif
+#endif /* ENGINE_MYSQL */

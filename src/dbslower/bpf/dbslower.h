@@ -1,0 +1,85 @@
+/*
+ * dbslower: declarations shared by the BPF programs and checked against the
+ * Python decoder (tests/unit/test_layout.py compiles this header with gcc).
+ *
+ * Configuration comes from -D cflags set by dbslower/load.py:
+ *   TEXT_BYTES     query bytes captured per statement (default 1024)
+ *   THRESHOLD_NS   report statements at least this slow
+ *   FILTER_PIDS    1: only processes listed in traced_pids (and their forks)
+ *   MODE           MODE_STREAM, MODE_HIST or MODE_DIGEST
+ *   ENGINE         ENGINE_POSTGRES or ENGINE_MYSQL
+ *   USE_USDT       1: USDT probes, 0: uprobes on exported functions
+ * and per engine the rows of dbslower/quirks.py (PG_STATE_RUNNING, DC_*, ...).
+ */
+#ifndef DBSLOWER_H
+#define DBSLOWER_H
+
+#ifndef TEXT_BYTES
+#define TEXT_BYTES 1024
+#endif
+#define CTX_DB_BYTES 64
+#define CTX_USER_BYTES 32
+#define CTX_HOST_BYTES 64
+
+#define ENGINE_POSTGRES 1
+#define ENGINE_MYSQL 2
+
+#define MODE_STREAM 0
+#define MODE_HIST 1
+#define MODE_DIGEST 2
+
+/* query_event.flags */
+#define EV_TRUNCATED 1
+#define EV_FAILED 2
+#define EV_NO_TEXT 4 /* the statement's text was not available */
+
+/* query_event.kind */
+#define KIND_QUERY 1  /* one finished statement */
+#define KIND_SAMPLE 2 /* digest mode: first text seen for a kernel fingerprint */
+
+/* Wire format of one ring buffer record: the header, then text_len bytes. */
+struct query_event {
+	u64 start_ns;    /* bpf_ktime_get_ns() at the statement's start */
+	u64 duration_ns;
+	u64 conn_id;     /* MySQL connection id; 0 when unknown */
+	u64 fp;          /* kernel fingerprint hash (digest mode) */
+	u32 pid;         /* process (tgid) */
+	u32 tid;         /* thread */
+	u32 text_len;    /* bytes of text that follow the header */
+	u16 command;     /* MySQL COM_* code; 0 for PostgreSQL */
+	u8 flags;        /* EV_* */
+	u8 kind;         /* KIND_* */
+	char db[CTX_DB_BYTES];     /* MySQL USDT context; empty when unknown */
+	char user[CTX_USER_BYTES];
+	char host[CTX_HOST_BYTES];
+	char text[TEXT_BYTES + 1];
+};
+
+/* Log-linear latency buckets: HIST_SUB_BITS linear steps per power of two,
+ * so a bucket spans at most 1/2^HIST_SUB_BITS of its lower bound. */
+#define HIST_SUB_BITS 4
+#define HIST_SUB (1 << HIST_SUB_BITS)
+#define HIST_MIN_SHIFT 10 /* values below 1024 ns share the lowest buckets */
+#define HIST_OCTAVES 28   /* up to ~2^38 ns = 275 s; slower lands in the last */
+#define HIST_BUCKETS (HIST_OCTAVES * HIST_SUB)
+
+struct hist_key {
+	u64 fp;     /* kernel fingerprint hash; 0 in histogram mode */
+	u32 bucket;
+	u32 pad;
+};
+
+struct digest_stats {
+	u64 calls;
+	u64 total_ns;
+	u64 max_ns;
+	u64 failed;
+};
+
+/* Counters in the per-CPU `counters` array. */
+#define CTR_LOST_EVENTS 0   /* ring buffer full */
+#define CTR_MAP_FULL 1      /* an aggregation map had no room */
+#define CTR_NO_TEXT 2       /* prepared statement text not found */
+#define CTR_COUNT 4
+
+#endif

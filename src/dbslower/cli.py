@@ -1,0 +1,251 @@
+"""dbslower command line. The only module that prints or exits."""
+
+import argparse
+import io
+import os
+import signal
+import sys
+import time
+
+from dbslower import __version__
+from dbslower.errors import DbslowerError, PreflightFailed, UsageError
+
+EXAMPLES = """examples:
+    dbslower postgres                # PostgreSQL queries slower than 1 ms
+    dbslower postgres -m 0 -j        # every query, as JSON lines
+    dbslower mysql -m 10             # MySQL/MariaDB queries slower than 10 ms
+    dbslower postgres -p 1234        # only the cluster of postmaster 1234
+    dbslower mysql -x /usr/sbin/mariadbd   # every process running this binary
+    dbslower postgres -d 30 --context      # 30 s, with user, db, client columns
+    dbslower postgres --hist 5       # latency histogram every 5 s
+    dbslower mysql --digest 10 3     # per-fingerprint digest, 3 times 10 s
+"""
+
+ENGINE_LABEL = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB"}
+
+
+def _pids(value):
+    out = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) <= 0:
+            raise argparse.ArgumentTypeError(f"invalid PID {part!r}")
+        out.append(int(part))
+    return out
+
+
+def _nonneg_float(value):
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if v < 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {value!r}")
+    return v
+
+
+def _positive_float(value):
+    v = _nonneg_float(value)
+    if v == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def _positive_int(value):
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message, "see 'dbslower -h'")
+
+
+def build_parser():
+    p = _Parser(
+        prog="dbslower",
+        description="Trace PostgreSQL and MySQL/MariaDB queries slower than a threshold, "
+                    "live, with eBPF. Needs no server configuration change or restart.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    p.add_argument("engine", choices=["postgres", "mysql"],
+                   help="database engine (mysql covers MySQL and MariaDB)")
+    p.add_argument("interval", nargs="?", type=_positive_float,
+                   help="with --hist/--digest: seconds between summaries (default: one at the end)")
+    p.add_argument("count", nargs="?", type=_positive_int,
+                   help="with --hist/--digest: number of summaries")
+    p.add_argument("-m", "--threshold", type=_nonneg_float, metavar="MS",
+                   help="report queries at least this slow, in milliseconds "
+                        "(default 1; 0 traces every query; default 0 with --hist/--digest)")
+    p.add_argument("-p", "--pid", type=_pids, action="append", metavar="PID",
+                   help="trace only these server processes (repeat, or comma-separate); "
+                        "a PostgreSQL postmaster means its whole cluster")
+    p.add_argument("-x", "--exe", metavar="PATH",
+                   help="trace every process running this server binary, now and later")
+    p.add_argument("-d", "--duration", type=_positive_float, metavar="SECONDS",
+                   help="stop after this many seconds")
+    p.add_argument("-j", "--json", action="store_true", help="write JSON lines to stdout")
+    p.add_argument("-s", "--text-bytes", type=int, default=1024, metavar="BYTES",
+                   help="query text captured per statement: 1024 (default), 2048, 4096 or 8192")
+    p.add_argument("-c", "--context", action="store_true",
+                   help="table: add STATUS, USER, DB and CLIENT columns")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--hist", action="store_true", help="print latency histograms")
+    mode.add_argument("--digest", action="store_true", help="print per-query-fingerprint digests")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the probe plan and the BPF program to stderr")
+    p.add_argument("--version", action="version", version=f"dbslower {__version__}")
+    return p
+
+
+def parse_args(argv):
+    args = build_parser().parse_args(argv)
+    summary = args.hist or args.digest
+    if not summary and args.interval is not None:
+        raise UsageError("interval and count need --hist or --digest")
+    if args.threshold is None:
+        args.threshold = 0.0 if summary else 1.0
+    args.pids = [p for group in (args.pid or []) for p in group]
+    args.mode = "hist" if args.hist else "digest" if args.digest else "stream"
+    return args
+
+
+def _stderr(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _describe_targets(plan):
+    parts = []
+    for t in plan.targets:
+        who = ", ".join(map(str, t.pids)) if t.pids else "processes started later"
+        parts.append(f"{t.binary.path} [{who}] via {t.method}")
+    return "; ".join(parts)
+
+
+def banner(args, plan):
+    what = {"stream": f"queries slower than {args.threshold:g} ms",
+            "hist": "query latency histograms", "digest": "query digests"}[args.mode]
+    if args.mode != "stream" and args.threshold > 0:
+        what += f" (queries of {args.threshold:g} ms or more)"
+    return f"Tracing {ENGINE_LABEL[args.engine]} {what} in {_describe_targets(plan)}. Hit Ctrl-C to end."
+
+
+def describe_plan(plan, tracer):
+    lines = [f"dbslower {__version__}: probe plan for {ENGINE_LABEL[plan.engine]}"]
+    for t in plan.targets:
+        ver = ".".join(map(str, t.binary.version)) if t.binary.version else "unknown"
+        lines.append(f"  binary {t.binary.path} ({t.binary.flavor} {ver}, version from {t.binary.version_source or 'nowhere'})")
+        lines.append(f"    method: {t.method}, because {t.reason}")
+        for p in t.probes:
+            lines.append(f"    {p.kind:<9} {p.site} -> {p.fn}")
+        for n in t.notes:
+            lines.append(f"    note: {n}")
+        lines.append(f"    processes: {', '.join(map(str, t.pids)) or 'none yet'}")
+    if plan.filter_pids:
+        lines.append(f"  kernel PID filter: {', '.join(map(str, sorted(plan.filter_pids)))} (and their new backends)")
+    for t in plan.targets:
+        lines.append(f"----- BPF program for {t.binary.path} -----")
+        lines.append(tracer.program_text(t))
+    return "\n".join(lines)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_term(signum, frame):
+    raise _Stop()
+
+
+def run(args, out):
+    from dbslower.discover import find_servers
+    from dbslower.load import Tracer, preflight
+    from dbslower.plan import make_plan
+
+    preflight()
+    servers = find_servers(args.engine, pids=args.pids, binary=args.exe)
+    plan = make_plan(args.engine, servers, binary=args.exe, pids=args.pids,
+                     threshold_ns=int(round(args.threshold * 1e6)),
+                     text_bytes=args.text_bytes, mode=args.mode)
+    tracer = Tracer(plan)
+    if args.verbose:
+        _stderr(describe_plan(plan, tracer))
+    signal.signal(signal.SIGTERM, _on_term)
+    with tracer:
+        if args.mode == "stream":
+            return _stream(args, plan, tracer, out)
+        from dbslower.summary import run_summary
+        return run_summary(args, plan, tracer, out, lambda: _stderr(banner(args, plan)), _Stop)
+
+
+def _stream(args, plan, tracer, out):
+    from dbslower.decode import Decoder, RingReader, wait_readable
+    from dbslower.output import JsonWriter, TableWriter
+
+    decoder = Decoder(args.engine)
+    writer = JsonWriter(out) if args.json else TableWriter(out, context=args.context)
+    readers = [RingReader(lt.ring_fd, plan.ringbuf_pages * 4096) for lt in tracer.loaded]
+    fds = [r.fd for r in readers]
+    decode, write = decoder.decode, writer.write
+
+    def handle(buf, off, length):
+        write(decode(buf, off, length))
+
+    _stderr(banner(args, plan))
+    writer.header()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        while True:
+            got = sum(r.read(handle) for r in readers)
+            if got:
+                out.flush()
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                break
+            timeout = 0.2 if deadline is None else min(0.2, deadline - now)
+            if got:
+                # Let records accumulate: fewer, larger batches cost less CPU.
+                time.sleep(min(0.01, timeout))
+            else:
+                wait_readable(fds, timeout)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for r in readers:
+        r.read(handle)
+    out.flush()
+    lost = tracer.counters()[0] if tracer.counters() else 0
+    if lost:
+        _stderr(f"dbslower: {lost} events lost (ring buffer full)")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="replace",
+                           write_through=False, line_buffering=False) if hasattr(sys.stdout, "buffer") else sys.stdout
+    try:
+        args = parse_args(argv)
+        return run(args, out)
+    except PreflightFailed as e:
+        for p in e.problems:
+            _stderr(f"dbslower: {p.line()}")
+        return e.exit_code
+    except DbslowerError as e:
+        _stderr(f"dbslower: {e.line()}")
+        return e.exit_code
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    except BrokenPipeError:
+        # Reader went away (e.g. piped to head): not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0

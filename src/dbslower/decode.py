@@ -1,0 +1,199 @@
+"""Decode what the BPF programs produce: ring buffer records into events.
+
+Fourth stage. The record layout mirrors struct query_event in
+bpf/dbslower.h; tests/unit/test_layout.py compiles that header and checks
+every offset against HEADER_FIELDS.
+
+The ring buffer is read through its own mmap, in batches, rather than
+through bcc's per-record ctypes callback, which costs several microseconds
+per event (see bench/ and issue 6).
+"""
+
+import mmap
+import re
+import struct
+import time
+
+from dbslower.quirks import COM_NAMES
+
+# (name, struct format) in declaration order; the text follows.
+HEADER_FIELDS = (
+    ("start_ns", "Q"), ("duration_ns", "Q"), ("conn_id", "Q"), ("fp", "Q"),
+    ("pid", "I"), ("tid", "I"), ("text_len", "I"), ("command", "H"),
+    ("flags", "B"), ("kind", "B"),
+    ("db", "64s"), ("user", "32s"), ("host", "64s"),
+)
+HEADER = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS))
+TEXT_OFFSET = HEADER.size
+
+EV_TRUNCATED, EV_FAILED, EV_NO_TEXT = 1, 2, 4
+KIND_QUERY, KIND_SAMPLE = 1, 2
+
+PAGE = mmap.PAGESIZE
+_BUSY = 1 << 31
+_DISCARD = 1 << 30
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+
+class RingReader:
+    """Consumer side of one BPF_MAP_TYPE_RINGBUF (kernel/bpf/ringbuf.c).
+
+    Layout: a consumer-position page (writable), then a producer-position
+    page and the data area mapped twice in a row, so a record that wraps is
+    contiguous. Each record has an 8-byte header: length with BUSY and
+    DISCARD bits, then a page offset, and is padded to 8 bytes. x86_64 and
+    arm64 loads here are ordered by the kernel's release store of the length.
+    """
+
+    def __init__(self, fd, data_bytes):
+        self.fd = fd
+        self.mask = data_bytes - 1
+        self.cons = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self.data = mmap.mmap(fd, PAGE + 2 * data_bytes, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
+
+    def read(self, handle):
+        """Calls handle(buffer, offset, length) for each record; returns the count."""
+        data, cons_map = self.data, self.cons
+        cons = _U64.unpack_from(cons_map, 0)[0]
+        prod = _U64.unpack_from(data, 0)[0]
+        n = 0
+        mask = self.mask
+        while cons < prod:
+            off = PAGE + (cons & mask)
+            hdr = _U32.unpack_from(data, off)[0]
+            if hdr & _BUSY:
+                break
+            length = hdr & ~(_BUSY | _DISCARD)
+            if not hdr & _DISCARD:
+                handle(data, off + 8, length)
+                n += 1
+            cons += (length + 8 + 7) & ~7
+            if n & 1023 == 0:
+                _U64.pack_into(cons_map, 0, cons)
+        _U64.pack_into(cons_map, 0, cons)
+        return n
+
+    def close(self):
+        self.cons.close()
+        self.data.close()
+
+
+class Event:
+    __slots__ = ("engine", "start_ns", "duration_ns", "conn_id", "fp", "pid", "tid",
+                 "command", "flags", "kind", "db", "user", "host", "query", "client",
+                 "application_name")
+
+    @property
+    def truncated(self):
+        return bool(self.flags & EV_TRUNCATED)
+
+    @property
+    def failed(self):
+        return bool(self.flags & EV_FAILED)
+
+    @property
+    def command_name(self):
+        return COM_NAMES.get(self.command, str(self.command)) if self.command else None
+
+
+def _cstr(b):
+    i = b.find(b"\0")
+    return (b if i < 0 else b[:i]).decode("utf-8", "replace") or None
+
+
+_TITLE_RE = re.compile(r"^postgres: (?:(?P<cluster>[^ ]+): )?(?P<user>\S+) (?P<db>\S+) (?P<client>\S+)")
+
+
+class PgTitles:
+    """user, database and client of PostgreSQL backends, from their process
+    titles ("postgres: alice shop 10.0.0.5(53412) SELECT"), cached per PID
+    for a few seconds so a reused PID is re-read."""
+
+    TTL_NS = 5_000_000_000
+
+    def __init__(self, proc="/proc"):
+        self.proc = proc
+        self.cache = {}
+
+    def get(self, pid, now_ns):
+        hit = self.cache.get(pid)
+        if hit and now_ns - hit[0] < self.TTL_NS:
+            return hit[1]
+        info = self.read(pid)
+        self.cache[pid] = (now_ns, info)
+        if len(self.cache) > 10000:
+            self.cache.clear()
+        return info
+
+    def read(self, pid):
+        try:
+            with open(f"{self.proc}/{pid}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            return (None, None, None)
+        title = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return parse_pg_title(title)
+
+
+def parse_pg_title(title):
+    m = _TITLE_RE.match(title)
+    if not m:
+        return (None, None, None)
+    return (m["user"], m["db"], m["client"])
+
+
+class Decoder:
+    """Turns records into Events. One per run; per-backend work is cached."""
+
+    def __init__(self, engine, titles=None):
+        self.engine = engine
+        self.titles = titles if titles is not None else (PgTitles() if engine == "postgres" else None)
+        self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
+
+    def decode(self, buf, off, length):
+        (start_ns, duration_ns, conn_id, fp, pid, tid, text_len, command, flags, kind,
+         db, user, host) = HEADER.unpack_from(buf, off)
+        text_len = min(text_len, length - TEXT_OFFSET)
+        raw = buf[off + TEXT_OFFSET:off + TEXT_OFFSET + text_len]
+        ev = Event()
+        ev.engine = self.engine
+        ev.start_ns = start_ns + self.mono_to_wall_ns
+        ev.duration_ns = duration_ns
+        ev.conn_id = conn_id or None
+        ev.fp = fp
+        ev.pid = pid
+        ev.tid = tid
+        ev.command = command
+        ev.flags = flags
+        ev.kind = kind
+        query = raw.decode("utf-8", "replace")
+        if self.engine == "mysql":
+            # A statement cut out of a multi-statement packet ends with its ';'.
+            query = query.rstrip().rstrip(";").rstrip()
+        else:
+            query = query.rstrip()
+        ev.query = query
+        ev.application_name = None
+        if self.titles is not None:
+            ev.user, ev.db, ev.client = self.titles.get(pid, time.monotonic_ns())
+        else:
+            ev.db = _cstr(db) if db[0] else None
+            ev.user = _cstr(user) if user[0] else None
+            ev.client = _cstr(host) if host[0] else None
+        ev.host = ev.client
+        return ev
+
+
+def wait_readable(fds, timeout_s):
+    """Block until a ring buffer has data or the timeout passes."""
+    import select
+    if not fds:
+        time.sleep(timeout_s)
+        return
+    select.select(fds, [], [], timeout_s)
+
+
+def page_align(n):
+    return (n + PAGE - 1) // PAGE * PAGE
+

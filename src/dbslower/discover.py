@@ -1,0 +1,196 @@
+"""Find the database servers to trace, their binaries and versions.
+
+First stage of the pipeline: reads /proc and the server binaries, nothing
+else. Raises NoServer / NotAServer / UsageError; never prints.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from dbslower.elf import ElfError, ElfFile
+from dbslower.errors import NoServer, NotAServer, UsageError
+
+ENGINES = ("postgres", "mysql")
+PG_NAMES = ("postgres", "postmaster")
+MY_NAMES = ("mysqld", "mariadbd")
+
+
+@dataclass
+class Process:
+    pid: int
+    ppid: int
+    comm: str
+    exe: str        # path to open the binary by (may be /proc/PID/exe)
+    exe_name: str   # basename of the binary
+
+
+@dataclass
+class Server:
+    engine: str
+    pid: int                 # postmaster or mysqld/mariadbd
+    binary: str
+    role: str = "server"     # "server", or "backend" for one PostgreSQL backend given with -p
+    datadir: str = ""
+    children: list = field(default_factory=list)
+
+
+@dataclass
+class Binary:
+    path: str
+    engine: str
+    flavor: str              # postgresql, mariadb, mysql
+    version: tuple = ()      # (major, minor) when known
+    version_source: str = ""
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def read_process(pid, proc="/proc"):
+    stat = _read(f"{proc}/{pid}/stat")
+    if not stat:
+        return None
+    # comm may contain spaces and parentheses: split at the last ')'.
+    rpar = stat.rfind(b")")
+    comm = stat[stat.find(b"(") + 1:rpar].decode("utf-8", "replace")
+    fields = stat[rpar + 2:].split()
+    ppid = int(fields[1])
+    try:
+        exe = os.readlink(f"{proc}/{pid}/exe")
+    except OSError:
+        return None  # kernel thread, or gone
+    path = exe
+    if exe.endswith(" (deleted)"):
+        # The server runs a binary replaced on disk (a package upgrade):
+        # the old inode is still reachable through the magic link.
+        path = f"{proc}/{pid}/exe"
+        exe = exe[:-len(" (deleted)")]
+    return Process(pid, ppid, comm, path, os.path.basename(exe))
+
+
+def list_processes(proc="/proc"):
+    out = {}
+    for name in os.listdir(proc):
+        if name.isdigit():
+            p = read_process(int(name), proc)
+            if p:
+                out[p.pid] = p
+    return out
+
+
+def _is_engine_process(engine, p):
+    names = PG_NAMES if engine == "postgres" else MY_NAMES
+    return p.exe_name in names or p.comm in names
+
+
+def _pg_datadir(pid):
+    # The postmaster chdir()s into its data directory at startup.
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def _server(engine, p, procs):
+    s = Server(engine, p.pid, p.exe)
+    if engine == "postgres":
+        s.datadir = _pg_datadir(p.pid)
+        s.children = sorted(c.pid for c in procs.values() if c.ppid == p.pid)
+    return s
+
+
+def _pg_postmasters(procs):
+    """Postmasters: postgres processes whose parent is not a postgres process
+    running the same binary (backends and auxiliaries are its children)."""
+    out = []
+    for p in procs.values():
+        if not _is_engine_process("postgres", p):
+            continue
+        parent = procs.get(p.ppid)
+        if parent and _is_engine_process("postgres", parent) and parent.exe_name == p.exe_name:
+            continue
+        out.append(p)
+    return out
+
+
+def find_servers(engine, pids=None, binary=None, procs=None):
+    """The servers to trace.
+
+    pids: limit to these server processes (for PostgreSQL a postmaster means
+    its whole cluster, a backend just that backend). binary: every process
+    running this binary (possibly none yet: it is traced when it starts).
+    """
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    procs = list_processes() if procs is None else procs
+    if pids:
+        servers = []
+        for pid in pids:
+            p = procs.get(pid)
+            if p is None:
+                raise NotAServer(f"no process with PID {pid}", "check the PID with 'ps -p PID'")
+            if not _is_engine_process(engine, p):
+                raise NotAServer(f"PID {pid} ({p.comm}) is not a {engine} server",
+                                 f"list {engine} servers with 'pgrep -a {'postgres' if engine == 'postgres' else 'mysqld|mariadbd'}'")
+            s = _server(engine, p, procs)
+            if engine == "postgres" and p not in _pg_postmasters(procs):
+                s.role = "backend"
+                s.children = []
+            servers.append(s)
+        return servers
+    if binary:
+        real = os.path.realpath(binary)
+        if not os.path.isfile(real):
+            raise UsageError(f"{binary}: no such file", "give the server binary's path to -x")
+        running = [p for p in procs.values() if os.path.realpath(p.exe) == real]
+        if engine == "postgres":
+            pm = set(p.pid for p in _pg_postmasters(procs))
+            running = [p for p in running if p.pid in pm]
+        return [_server(engine, p, procs) for p in running]
+    if engine == "postgres":
+        found = _pg_postmasters(procs)
+    else:
+        found = [p for p in procs.values() if _is_engine_process(engine, p)]
+    if not found:
+        what = "PostgreSQL postmaster" if engine == "postgres" else "mysqld or mariadbd process"
+        raise NoServer(f"no running {what} found",
+                       "start the server, or give its binary with -x PATH")
+    return [_server(engine, p, procs) for p in sorted(found, key=lambda p: p.pid)]
+
+
+_PG_VERSION_RE = rb"\(PostgreSQL\) (\d+)(?:\.(\d+))?"
+_MARIADB_VERSION_RE = rb"(\d+)\.(\d+)\.\d+-MariaDB"
+_MYSQL_VERSION_RE = rb"\x00(\d+)\.(\d+)\.\d+\x00"
+
+
+def inspect_binary(path, engine, datadir=""):
+    """Flavor and version of a server binary: from its own version string,
+    else (PostgreSQL) from PG_VERSION in the data directory."""
+    try:
+        with ElfFile(path) as elf:
+            if engine == "postgres":
+                m = elf.find_bytes(_PG_VERSION_RE)
+                if m:
+                    return Binary(path, engine, "postgresql", (int(m[0]), int(m[1] or 0)), "binary")
+            else:
+                m = elf.find_bytes(_MARIADB_VERSION_RE)
+                if m:
+                    return Binary(path, engine, "mariadb", (int(m[0]), int(m[1])), "binary")
+                m = elf.find_bytes(_MYSQL_VERSION_RE)
+                if m:
+                    return Binary(path, engine, "mysql", (int(m[0]), int(m[1])), "binary")
+                return Binary(path, engine, "mysql")
+    except ElfError as e:
+        raise NotAServer(str(e), "give -x the server's binary") from e
+    if datadir:
+        raw = _read(os.path.join(datadir, "PG_VERSION"))
+        if raw and re.fullmatch(rb"\d+(\.\d+)?\s*", raw):
+            parts = raw.decode().strip().split(".")
+            return Binary(path, engine, "postgresql", (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0), "PG_VERSION")
+    return Binary(path, engine, "postgresql")

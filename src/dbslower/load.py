@@ -1,0 +1,194 @@
+"""Load and attach the BPF programs. The only module that imports bcc.
+
+Third stage: takes a Plan, compiles bpf/<engine>.c once per server binary
+with the plan's -D flags, attaches the probes, and exposes the maps the
+decoder and the summaries read.
+"""
+
+import ctypes as ct
+import os
+import platform
+from pathlib import Path
+
+from dbslower.discover import list_processes
+from dbslower.errors import AttachFailed, NoBPF, NoHeaders, NotRoot, PreflightFailed
+from dbslower.plan import TRACE_INHERIT, TRACE_SELF
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def _effective_caps():
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def headers_dir():
+    return Path("/lib/modules") / platform.release() / "build"
+
+
+def headers_ok():
+    mod = Path("/lib/modules") / platform.release()
+    if Path("/sys/kernel/kheaders.tar.xz").exists():
+        return True
+    return (mod / "build" / "include").is_dir() and (mod / "source" / "include" / "linux" / "kconfig.h").exists()
+
+
+def preflight():
+    """Every reason tracing cannot start, at once."""
+    problems = []
+    caps = _effective_caps()
+    if os.geteuid() != 0 and not (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
+        problems.append(NotRoot("dbslower must run as root (or with CAP_BPF and CAP_PERFMON)"))
+    if not any(Path(d, "uprobe_events").exists() for d in TRACEFS_DIRS):
+        problems.append(NoBPF("uprobes are unavailable: no uprobe_events in tracefs",
+                              "mount it with 'mount -t tracefs tracefs /sys/kernel/tracing'; the kernel needs CONFIG_UPROBE_EVENTS"))
+    if not Path("/proc/sys/kernel/unprivileged_bpf_disabled").exists():
+        problems.append(NoBPF("this kernel has no BPF system call (CONFIG_BPF_SYSCALL)"))
+    if not headers_ok():
+        problems.append(NoHeaders(f"kernel headers for {platform.release()} are missing ({headers_dir()})"))
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        problems.append(NoBPF("the BCC Python module (python3-bpfcc) cannot be imported",
+                              "install python3-bpfcc and run dbslower with /usr/bin/python3 or the project venv"))
+    if problems:
+        raise PreflightFailed(problems)
+
+
+def _fix_bcc_attach_uprobe(lib):
+    """bcc 0.26's binding declares bpf_attach_uprobe with 6 argument types,
+    but libbcc's function takes a 7th, ref_ctr_offset, which is then read from
+    stack garbage and makes attaches fail at random (bcc issue #5236)."""
+    fn = lib.bpf_attach_uprobe
+    if getattr(fn, "_dbslower_fixed", False) or len(fn.argtypes or ()) != 6:
+        return
+    fn.argtypes = list(fn.argtypes) + [ct.c_uint32]
+
+    def attach(*args):
+        return fn(*args, 0) if len(args) == 6 else fn(*args)
+
+    attach._dbslower_fixed = True
+    attach.argtypes = fn.argtypes
+    lib.bpf_attach_uprobe = attach
+
+
+class LoadedTarget:
+    def __init__(self, target, bpf, text):
+        self.target = target
+        self.bpf = bpf
+        self.text = text
+
+    @property
+    def ring_fd(self):
+        return self.bpf["events"].map_fd
+
+    def table(self, name):
+        return self.bpf[name]
+
+
+def _percpu_sums(table):
+    return [sum(table[ct.c_int(i)]) for i in range(len(table))]
+
+
+class Tracer:
+    """Owns the BPF objects. Use as a context manager: close() detaches."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.loaded = []
+
+    def program_text(self, target):
+        flags = self.plan.cflags(target)
+        head = "".join(f"#define {k} {v}\n" for k, v in sorted(flags.items()))
+        return head + (BPF_DIR / target.source).read_text()
+
+    def open(self):
+        try:
+            import bcc
+            from bcc import libbcc
+        except ImportError as e:
+            raise NoBPF(f"cannot import bcc: {e}") from e
+        _fix_bcc_attach_uprobe(libbcc.lib)
+        try:
+            for target in self.plan.targets:
+                self.loaded.append(self._load(bcc, target))
+            self._seed_pids()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _load(self, bcc, target):
+        flags = self.plan.cflags(target)
+        cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(flags.items())]
+        usdt = []
+        if target.method == "usdt":
+            try:
+                u = bcc.USDT(pid=target.usdt_pid)
+                for p in target.probes:
+                    if p.kind == "usdt":
+                        u.enable_probe(probe=p.site, fn_name=p.fn)
+            except Exception as e:
+                raise AttachFailed(f"cannot enable USDT probes in PID {target.usdt_pid}: {e}") from e
+            usdt = [u]
+        if not headers_ok():
+            raise NoHeaders(f"kernel headers for {platform.release()} are missing")
+        try:
+            b = bcc.BPF(src_file=str(BPF_DIR / target.source).encode(), cflags=cflags,
+                        usdt_contexts=usdt, attach_usdt_ignore_pid=True)
+        except Exception as e:
+            raise AttachFailed(f"cannot load the BPF program for {target.binary.path}: {e}",
+                               "run with -v to see the program; check the kernel headers") from e
+        try:
+            for p in target.probes:
+                if p.kind == "uprobe":
+                    b.attach_uprobe(name=target.binary.path.encode(), sym=p.site.encode(), fn_name=p.fn.encode())
+                elif p.kind == "uretprobe":
+                    b.attach_uretprobe(name=target.binary.path.encode(), sym=p.site.encode(), fn_name=p.fn.encode())
+        except Exception as e:
+            b.cleanup()
+            raise AttachFailed(f"cannot attach to {p.site} in {target.binary.path}: {e}") from e
+        return LoadedTarget(target, b, self.program_text(target))
+
+    def _seed_pids(self):
+        if not self.plan.filter_pids:
+            return
+        pids = dict(self.plan.filter_pids)
+        # Backends forked between discovery and the fork tracepoint's attach.
+        inherit = {p for p, m in pids.items() if m == TRACE_INHERIT}
+        if inherit:
+            for proc in list_processes().values():
+                if proc.ppid in inherit:
+                    pids.setdefault(proc.pid, TRACE_SELF)
+        for lt in self.loaded:
+            t = lt.bpf["traced_pids"]
+            for pid, mode in pids.items():
+                t[ct.c_uint32(pid)] = ct.c_uint8(mode)
+
+    def counters(self):
+        total = None
+        for lt in self.loaded:
+            c = _percpu_sums(lt.bpf["counters"])
+            total = c if total is None else [a + b for a, b in zip(total, c)]
+        return total or []
+
+    def close(self):
+        for lt in self.loaded:
+            try:
+                lt.bpf.cleanup()
+            except Exception:
+                pass
+        self.loaded = []
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,96 @@
+"""Render events: the one-line-per-query table and JSON lines.
+
+Last stage. Writers take a text stream and never flush per event; the
+caller flushes once per batch.
+"""
+
+import json
+import time
+
+# Control characters (C0, DEL, C1) would break the one-line-per-query table
+# or drive the terminal (ESC sequences): show them escaped instead.
+_ESCAPES = {i: f"\\x{i:02x}" for i in list(range(0x20)) + list(range(0x7f, 0xa0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"})
+
+
+def escape_control(text):
+    return text.translate(_ESCAPES)
+
+
+class _TsCache:
+    """ISO-8601 UTC timestamps; the seconds part is formatted once per second."""
+
+    def __init__(self):
+        self.sec = None
+        self.prefix = ""
+        self.hms = ""
+
+    def _set(self, sec):
+        self.sec = sec
+        t = time.gmtime(sec)
+        self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", t)
+        self.hms = time.strftime("%H:%M:%S", time.localtime(sec))
+
+    def iso(self, ns):
+        sec, rem = divmod(ns, 1_000_000_000)
+        if sec != self.sec:
+            self._set(sec)
+        return f"{self.prefix}.{rem // 1000:06d}Z"
+
+    def clock(self, ns):
+        sec = ns // 1_000_000_000
+        if sec != self.sec:
+            self._set(sec)
+        return self.hms
+
+
+class JsonWriter:
+    def __init__(self, out):
+        self.out = out
+        self.ts = _TsCache()
+        self._dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+    def header(self):
+        pass
+
+    def write(self, ev):
+        d = self._dumps
+        conn = "null" if ev.conn_id is None else str(ev.conn_id)
+        cmd = "null" if ev.command_name is None else f'"{ev.command_name}"'
+        self.out.write(
+            f'{{"ts":"{self.ts.iso(ev.start_ns)}","engine":"{ev.engine}","pid":{ev.pid},'
+            f'"tid":{ev.tid},"duration_ms":{ev.duration_ns / 1e6:.6f},'
+            f'"query":{d(ev.query)},"truncated":{"true" if ev.truncated else "false"},'
+            f'"status":"{"error" if ev.failed else "ok"}","command":{cmd},"conn_id":{conn},'
+            f'"user":{d(ev.user)},"db":{d(ev.db)},"client":{d(ev.client)},'
+            f'"application_name":{d(ev.application_name)}}}\n')
+
+
+class TableWriter:
+    def __init__(self, out, context=False):
+        self.out = out
+        self.context = context
+        self.ts = _TsCache()
+
+    def header(self):
+        if self.context:
+            self.out.write(f"{'TIME':<9} {'PID':<7} {'MS':>10} {'STATUS':<6} {'USER':<12} {'DB':<12} {'CLIENT':<21} QUERY\n")
+        else:
+            self.out.write(f"{'TIME':<9} {'PID':<7} {'MS':>10} QUERY\n")
+        self.out.flush()
+
+    def write(self, ev):
+        q = escape_control(ev.query)
+        if ev.truncated:
+            q += " [...]"
+        head = f"{self.ts.clock(ev.start_ns):<9} {ev.pid:<7} {ev.duration_ns / 1e6:>10.3f} "
+        if self.context:
+            head += (f"{'ERROR' if ev.failed else 'ok':<6} {_cell(ev.user, 12)} {_cell(ev.db, 12)} "
+                     f"{_cell(ev.client, 21)} ")
+        elif ev.failed:
+            q = "[ERROR] " + q
+        self.out.write(head + q + "\n")
+
+
+def _cell(value, width):
+    return f"{escape_control(value or '-')[:width]:<{width}}"

@@ -1,0 +1,184 @@
+"""Plan the probes: which method for each server binary, which sites, and
+the -D flags for the BPF program. Second stage; imports only discovery.
+"""
+
+from dataclasses import dataclass, field
+
+from dbslower import quirks
+from dbslower.discover import Binary, inspect_binary
+from dbslower.elf import ElfFile
+from dbslower.errors import NoProbes, UsageError
+
+MODES = {"stream": 0, "hist": 1, "digest": 2}
+TEXT_BYTES_CHOICES = (1024, 2048, 4096, 8192)
+TRACE_SELF, TRACE_INHERIT = 1, 2
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str      # "usdt", "uprobe" or "uretprobe"
+    site: str      # USDT probe name or symbol
+    fn: str        # BPF function
+
+
+@dataclass
+class Target:
+    binary: Binary
+    method: str            # "usdt" or "uprobe"
+    reason: str
+    probes: list
+    cflags: dict
+    source: str            # BPF C file name
+    usdt_pid: int = 0      # a process to read USDT semaphores from
+    pids: list = field(default_factory=list)   # running server processes
+    notes: list = field(default_factory=list)  # what this build cannot give
+
+    def describe(self):
+        return f"{self.method} ({self.reason})"
+
+
+@dataclass
+class Plan:
+    engine: str
+    targets: list
+    threshold_ns: int
+    text_bytes: int
+    mode: str
+    filter_pids: dict      # pid -> TRACE_*; empty: no process filter
+    ringbuf_pages: int = 2048  # 8 MiB: ~100 ms of every-query streaming at full load
+
+    def cflags(self, target):
+        flags = {
+            "TEXT_BYTES": self.text_bytes,
+            "THRESHOLD_NS": f"{self.threshold_ns}ULL",
+            "MODE": MODES[self.mode],
+            "FILTER_PIDS": 1 if self.filter_pids else 0,
+            "DQUOTE_IS_STRING": 1 if self.engine == "mysql" else 0,
+            "RINGBUF_PAGES": self.ringbuf_pages,
+            "ENGINE": 1 if self.engine == "postgres" else 2,
+        }
+        flags.update(target.cflags)
+        return flags
+
+
+def _pg_target(binary, elf, run_pid):
+    usdt = {p.name for p in elf.usdt_probes() if p.provider == "postgresql"}
+    syms = elf.symbols()
+    missing_usdt = [n for n in quirks.PG_USDT_PROBES if n not in usdt]
+    if not missing_usdt and run_pid:
+        probes = [Probe("usdt", name, fn) for name, fn in quirks.PG_USDT_PROBES.items()]
+        method, reason, cflags = "usdt", "binary has USDT probes statement__status and query__execute__start", {"USE_USDT": 1}
+    else:
+        missing = [s for s in quirks.PG_UPROBES if s not in syms]
+        if missing:
+            raise NoProbes(f"{binary.path} has neither PostgreSQL's USDT probes nor the exported "
+                           f"functions {', '.join(missing)}", "is this a PostgreSQL 12+ server binary?")
+        if not binary.version:
+            raise NoProbes(f"cannot tell the PostgreSQL version of {binary.path}",
+                           "trace the running server with -p so its PG_VERSION can be read")
+        try:
+            running = quirks.pg_state_running(binary.version[0])
+        except KeyError:
+            raise NoProbes(f"PostgreSQL {binary.version[0]} is not supported (12 or newer)") from None
+        probes = [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_UPROBES.items()]
+        cflags = {"USE_USDT": 0, "PG_STATE_RUNNING": running}
+        method = "uprobe"
+        if missing_usdt:
+            reason = "no USDT probes in this build; exported pgstat_report_activity and PortalRun"
+        else:
+            reason = "USDT probes need a running server to enable; exported functions instead"
+    sym, fn = quirks.PG_ERROR_UPROBE
+    notes = []
+    if sym in syms:
+        probes.append(Probe("uprobe", sym, fn))
+    else:
+        notes.append(f"{sym} is not exported: failed statements are not flagged")
+    return method, reason, probes, cflags, notes
+
+
+def _mysql_target(binary, elf, run_pid):
+    usdt = {p.name for p in elf.usdt_probes() if p.provider == "mysql"}
+    syms = elf.symbols()
+    cflags = {f"COM_{k[4:]}": v for k, v in quirks.COM.items()}
+    cflags.update({"ME_NOTE": quirks.ME_NOTE, "ME_WARNING": quirks.ME_WARNING,
+                   "DC_TEXT_PACKET": quirks.DC_TEXT_PACKET, "DC_TEXT_COM_DATA": quirks.DC_TEXT_COM_DATA})
+    notes = []
+    if all(n in usdt for n in quirks.MY_USDT_PROBES) and run_pid:
+        probes = [Probe("usdt", n, fn) for n, fn in quirks.MY_USDT_PROBES.items()]
+        cflags["USE_USDT"] = 1
+        notes.append("USDT query probes: prepared statements (COM_STMT_EXECUTE) are not covered")
+        return "usdt", "binary has USDT probes query__start and query__done", probes, cflags, notes
+    sig = next((s for s in quirks.DISPATCH_SIGNATURES if s.symbol in syms), None)
+    if sig is None:
+        raise NoProbes(f"{binary.path} has neither MySQL USDT probes nor a known dispatch_command",
+                       "is this a mysqld or mariadbd binary? dbslower knows "
+                       + ", ".join(s.name for s in quirks.DISPATCH_SIGNATURES))
+    cflags.update({"USE_USDT": 0, "DC_CMD_ARG": sig.cmd_arg, "DC_THD_ARG": sig.thd_arg,
+                   "DC_TEXT_MODE": sig.text_mode, "DC_PACKET_ARG": sig.packet_arg,
+                   "DC_LEN_ARG": sig.len_arg, "DC_COMDATA_ARG": sig.com_data_arg,
+                   "PS_ENTRIES": 16384})
+    probes = [Probe("uprobe", sig.symbol, "my_dispatch_entry"),
+              Probe("uretprobe", sig.symbol, "my_dispatch_return")]
+    if quirks.MY_PARSE_SYMBOL in syms:
+        probes.append(Probe("uprobe", quirks.MY_PARSE_SYMBOL, "my_parse"))
+        cflags["SPLIT_MULTI"] = 1
+    else:
+        cflags["SPLIT_MULTI"] = 0
+        notes.append("no mysql_parse: a multi-statement COM_QUERY is one event")
+    ps = [quirks.MY_PS_PREPARE, quirks.MY_PS_EXECUTE, quirks.MY_PS_DESTROY]
+    if all(s in syms for s in ps):
+        probes += [Probe("uprobe", quirks.MY_PS_PREPARE, "my_ps_prepare"),
+                   Probe("uprobe", quirks.MY_PS_EXECUTE, "my_ps_execute"),
+                   Probe("uprobe", quirks.MY_PS_DESTROY, "my_ps_destroy")]
+    else:
+        notes.append("Prepared_statement methods not exported: prepared statements have no text")
+    if quirks.MY_ERROR_SINK in syms:
+        probes.append(Probe("uprobe", quirks.MY_ERROR_SINK, "my_error"))
+    else:
+        notes.append("my_message_sql not exported: failed statements are not flagged")
+    off = -1
+    acc = syms.get(quirks.MY_THREAD_ID_ACCESSOR)
+    if acc:
+        off = quirks.thd_thread_id_offset(elf.read_at_vaddr(acc.value, 8))
+    if off < 0:
+        notes.append("connection id unknown on this build")
+    cflags["THD_CONN_ID_OFFSET"] = off
+    return "uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes
+
+
+def plan_target(engine, path, servers):
+    """Probe plan for one server binary and the running servers using it."""
+    datadir = next((s.datadir for s in servers if s.datadir), "")
+    binary = inspect_binary(path, engine, datadir)
+    run_pid = servers[0].pid if servers else 0
+    with ElfFile(path) as elf:
+        build = _pg_target if engine == "postgres" else _mysql_target
+        method, reason, probes, cflags, notes = build(binary, elf, run_pid)
+    return Target(binary, method, reason, probes, cflags,
+                  source="dbslower.c",
+                  usdt_pid=run_pid if method == "usdt" else 0,
+                  pids=[s.pid for s in servers], notes=notes)
+
+
+def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
+              text_bytes=1024, mode="stream"):
+    if text_bytes not in TEXT_BYTES_CHOICES:
+        raise UsageError(f"text size {text_bytes} is not one of {', '.join(map(str, TEXT_BYTES_CHOICES))}")
+    if threshold_ns < 0:
+        raise UsageError("the threshold cannot be negative")
+    by_binary = {}
+    for s in servers:
+        by_binary.setdefault(s.binary, []).append(s)
+    if binary and not by_binary:
+        by_binary[binary] = []
+    targets = [plan_target(engine, path, group) for path, group in sorted(by_binary.items())]
+    filter_pids = {}
+    if pids:
+        for s in servers:
+            if engine == "postgres" and s.role == "server":
+                filter_pids[s.pid] = TRACE_INHERIT
+                for c in s.children:
+                    filter_pids[c] = TRACE_SELF
+            else:
+                filter_pids[s.pid] = TRACE_SELF
+    return Plan(engine, targets, threshold_ns, text_bytes, mode, filter_pids)

