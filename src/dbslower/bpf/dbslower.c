@@ -31,6 +31,17 @@
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, CTR_COUNT);
 
+/* A length the verifier can see is at most TEXT_BYTES. The empty asm hides
+ * the clamped value from the compiler, so it cannot pass the unclamped
+ * register to the helper, and it must keep the mask the verifier reads. */
+static __always_inline u32 bounded_len(u64 len)
+{
+	if (len > TEXT_BYTES)
+		len = TEXT_BYTES;
+	asm volatile("" : "+r"(len));
+	return len & (TEXT_BYTES * 2 - 1);
+}
+
 static __always_inline void count(int which)
 {
 	u64 *c = counters.lookup(&which);
@@ -101,9 +112,7 @@ static __always_inline void finish_statement(struct query_event *ev)
 	if (ev->duration_ns < THRESHOLD_NS)
 		return;
 #if MODE == MODE_STREAM
-	u32 len = ev->text_len;
-	if (len > TEXT_BYTES)
-		len = TEXT_BYTES;
+	u32 len = bounded_len(ev->text_len);
 	ev->kind = KIND_QUERY;
 	if (events.ringbuf_output(ev, offsetof(struct query_event, text) + len, 0) < 0)
 		count(CTR_LOST_EVENTS);
@@ -119,9 +128,7 @@ static __always_inline void finish_statement(struct query_event *ev)
 			(*f)++;
 	}
 #elif MODE == MODE_DIGEST
-	u32 len = ev->text_len;
-	if (len > TEXT_BYTES)
-		len = TEXT_BYTES;
+	u32 len = bounded_len(ev->text_len);
 	u64 fp = kernel_fingerprint(ev->text, len);
 	struct digest_stats *st = digests.lookup(&fp);
 	if (!st) {
@@ -393,14 +400,12 @@ static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
 }
 
 /* Copies len bytes of statement text (not NUL-terminated) into ev. */
-static __always_inline void copy_counted(struct query_event *ev, const char *text, u32 len)
+static __always_inline void copy_counted(struct query_event *ev, const char *text, u64 len)
 {
-	u32 n = len;
-	if (n > TEXT_BYTES) {
-		n = TEXT_BYTES;
+	if (len > TEXT_BYTES)
 		ev->flags |= EV_TRUNCATED;
-	}
-	if (bpf_probe_read_user(ev->text, n & (TEXT_BYTES * 2 - 1), text) < 0) {
+	u32 n = bounded_len(len);
+	if (bpf_probe_read_user(ev->text, n, text) < 0) {
 		ev->flags |= EV_NO_TEXT;
 		n = 0;
 	}
@@ -500,7 +505,7 @@ int my_dispatch_entry(struct pt_regs *ctx)
 		return 0;
 #if DC_TEXT_MODE == DC_TEXT_PACKET
 	const char *packet = (const char *)ARG(ctx, DC_PACKET_ARG);
-	u32 len = (u32)ARG(ctx, DC_LEN_ARG);
+	u64 len = (u32)ARG(ctx, DC_LEN_ARG);
 #else
 	/* COM_DATA: union whose com_query member starts {const char *query; unsigned length;} */
 	const char *com_data = (const char *)ARG(ctx, DC_COMDATA_ARG);
@@ -527,10 +532,8 @@ int my_dispatch_return(struct pt_regs *ctx)
 		struct ps_key k = {.ps = v->ps, .tgid = tgid};
 		struct ps_text *t = v->ps ? ps_texts.lookup(&k) : 0;
 		if (t) {
-			u32 n = t->len;
-			if (n > TEXT_BYTES)
-				n = TEXT_BYTES;
-			bpf_probe_read_kernel(v->ev.text, n & (TEXT_BYTES * 2 - 1), t->text);
+			u32 n = bounded_len(t->len);
+			bpf_probe_read_kernel(v->ev.text, n, t->text);
 			v->ev.text_len = n;
 			if (t->truncated)
 				v->ev.flags |= EV_TRUNCATED;
@@ -555,7 +558,7 @@ int my_parse(struct pt_regs *ctx)
 	if (!v || v->ev.command != COM_QUERY)
 		return 0;
 	u64 raw = PT_REGS_PARM2(ctx);
-	u32 len = (u32)PT_REGS_PARM3(ctx);
+	u64 len = (u32)PT_REGS_PARM3(ctx);
 	if (v->nparse++ == 0)
 		return 0;
 	/* The previous statement ends where this one starts. */
@@ -590,13 +593,10 @@ int my_ps_prepare(struct pt_regs *ctx)
 	if (!t)
 		return 0;
 	const char *text = (const char *)PT_REGS_PARM2(ctx);
-	u32 len = (u32)PT_REGS_PARM3(ctx);
-	u32 n = len;
-	if (n > TEXT_BYTES) {
-		n = TEXT_BYTES;
-		t->truncated = 1;
-	}
-	if (bpf_probe_read_user(t->text, n & (TEXT_BYTES * 2 - 1), text) < 0)
+	u64 len = (u32)PT_REGS_PARM3(ctx);
+	t->truncated = len > TEXT_BYTES;
+	u32 n = bounded_len(len);
+	if (bpf_probe_read_user(t->text, n, text) < 0)
 		n = 0;
 	t->len = n;
 	return 0;

@@ -1,0 +1,179 @@
+"""PostgreSQL 15 (Debian, with USDT) driven by psql, pgbench and psycopg."""
+
+import collections
+import json
+import subprocess
+import threading
+
+import pytest
+
+from conftest import Run, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def selects(events):
+    return [e for e in events if e["query"].startswith("SELECT abalance")]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
+def test_pgbench_every_select_once(pg, protocol):
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+        pg.pgbench("-n", "-M", protocol, "-S", "-c", "4", "-t", "250")
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    got = selects(run.events())
+    dupes = collections.Counter((e["pid"], e["ts"], e["query"]) for e in got)
+    assert len(got) == 1000, ([k for k, v in dupes.items() if v > 1][:5], collections.Counter(e["pid"] for e in got))
+    if protocol == "simple":
+        assert all(e["query"].startswith("SELECT abalance FROM pgbench_accounts WHERE aid = ") for e in got)
+    else:
+        assert {e["query"] for e in got} == {"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"}
+    assert "via usdt" in run.stderr
+
+
+def test_sleep_latency_threshold_and_json(pg):
+    with Run(["postgres", "-m", "50", "-j"]) as run:
+        pg.psql("SELECT pg_sleep(0.2)")
+        pg.psql("SELECT pg_sleep(0.01)")  # under the threshold
+        pg.psql("SELECT 1")
+    run.stop()
+    events = run.events()
+    assert [e["query"] for e in events] == ["SELECT pg_sleep(0.2)"]
+    e = events[0]
+    assert 200 <= e["duration_ms"] < 260
+    assert e["engine"] == "postgres" and e["truncated"] is False and e["status"] == "ok"
+    assert e["ts"].endswith("Z") and e["ts"][10] == "T"
+    assert e["user"] == "postgres" and e["db"] == "postgres" and e["client"] == "[local]"
+    assert isinstance(e["pid"], int) and isinstance(e["tid"], int)
+
+
+def test_connections_opened_after_start_and_concurrency(pg):
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+        threads = [threading.Thread(target=pg.psql, args=(f"SELECT {i}, pg_sleep(0.05)",)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    run.stop()
+    got = [e for e in run.events() if e["query"].endswith("pg_sleep(0.05)")]
+    assert sorted(e["query"] for e in got) == sorted(f"SELECT {i}, pg_sleep(0.05)" for i in range(8))
+    assert len({e["pid"] for e in got}) == 8
+    assert all(e["duration_ms"] >= 50 for e in got)
+
+
+def test_failed_statement_is_flagged(pg):
+    with Run(["postgres", "-m", "0", "-j"]) as run:
+        pg.psql("SELECT no_such_column_here", check=False)
+        pg.psql("SET statement_timeout = '50ms'; SELECT pg_sleep(1)", check=False)
+        pg.psql("SELECT 'fine'")
+    run.stop()
+    by_query = {e["query"]: e for e in run.events()}
+    assert by_query["SELECT no_such_column_here"]["status"] == "error"
+    cancelled = by_query["SET statement_timeout = '50ms'; SELECT pg_sleep(1)"]
+    assert cancelled["status"] == "error" and 50 <= cancelled["duration_ms"] < 900
+    assert by_query["SELECT 'fine'"]["status"] == "ok"
+
+
+def test_table_escapes_control_characters_and_marks_truncation(pg):
+    long_query = "SELECT '" + "x" * 3000 + "'"
+    with Run(["postgres", "-m", "0"]) as run:
+        pg.psql("SELECT 'a\nb\tc\x1b[31m' AS q")
+        pg.psql(long_query)
+    run.stop()
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == ["TIME", "PID", "MS", "QUERY"]
+    esc = [line for line in lines if "AS q" in line]
+    assert len(esc) == 1 and "a\\nb\\tc\\x1b[31m" in esc[0] and "\x1b" not in run.stdout
+    longs = [line for line in lines if "xxxx" in line]
+    assert len(longs) == 1 and longs[0].endswith("[...]")
+
+
+def test_text_bytes_flag_and_truncated_json(pg):
+    q = "SELECT '" + "y" * 5000 + "'"
+    with Run(["postgres", "-m", "0", "-j", "-s", "8192"]) as run:
+        pg.psql(q)
+    run.stop()
+    with Run(["postgres", "-m", "0", "-j"]) as run2:
+        pg.psql(q)
+    run2.stop()
+    full = [e for e in run.events() if "yyyy" in e["query"]]
+    cut = [e for e in run2.events() if "yyyy" in e["query"]]
+    assert full[0]["query"] == q and full[0]["truncated"] is False
+    assert len(cut[0]["query"].encode()) == 1024 and cut[0]["truncated"] is True
+
+
+def test_duration_flag_ends_the_run(pg):
+    r = run_cli(["postgres", "-d", "1", "-j"], timeout_s=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("Tracing PostgreSQL queries slower than 1 ms")
+
+
+def test_sigterm_ends_cleanly(pg):
+    import signal
+    run = Run(["postgres", "-m", "0"])
+    pg.psql("SELECT 42")
+    run.stop(sig=signal.SIGTERM)
+    assert run.returncode == 0
+    assert "Traceback" not in run.stderr
+    assert any("SELECT 42" in line for line in run.stdout.splitlines())
+
+
+def test_verbose_says_method_and_why(pg):
+    r = run_cli(["postgres", "-v", "-d", "0.5"])
+    assert r.returncode == 0, r.stderr
+    assert "method: usdt, because binary has USDT probes" in r.stderr
+    assert "#define USE_USDT 1" in r.stderr
+
+
+def test_pid_filter_excludes_other_clusters(pg):
+    """Two clusters on the same binary: -p traces only the one asked for."""
+    from lab.servers import PgServer
+    with PgServer() as other:
+        with Run(["postgres", "-m", "0", "-j", "-p", other.pid]) as run:
+            pg.psql("SELECT 'from the first cluster'")
+            other.psql("SELECT 'from the second cluster'")
+        run.stop()
+    queries = {e["query"] for e in run.events()}
+    assert "SELECT 'from the second cluster'" in queries
+    assert "SELECT 'from the first cluster'" not in queries
+
+
+def test_several_clusters_discovered(pg):
+    from lab.servers import PgServer
+    with PgServer() as other:
+        with Run(["postgres", "-m", "0", "-j"]) as run:
+            pg.psql("SELECT 'one'")
+            other.psql("SELECT 'two'")
+        run.stop()
+    assert str(pg.pid) in run.stderr and str(other.pid) in run.stderr
+    queries = [e["query"] for e in run.events()]
+    assert queries.count("SELECT 'one'") == 1 and queries.count("SELECT 'two'") == 1
+
+
+def test_psycopg_prepared_and_pipeline(pg):
+    psycopg = pytest.importorskip("psycopg") if False else __import__("psycopg")
+    conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for i in range(20):
+                conn.execute("SELECT %s::int + 1 AS prepared_probe", (i,), prepare=True)
+            with conn.pipeline():
+                for i in range(30):
+                    conn.execute("SELECT %s::int * 2 AS pipelined_probe", (i,))
+    run.stop()
+    events = run.events()
+    prepared = [e for e in events if "prepared_probe" in e["query"]]
+    piped = [e for e in events if "pipelined_probe" in e["query"]]
+    assert len(prepared) == 20 and {e["query"] for e in prepared} == {"SELECT $1::int + 1 AS prepared_probe"}
+    assert len(piped) == 30 and {e["query"] for e in piped} == {"SELECT $1::int * 2 AS pipelined_probe"}
+
+
+def test_json_lines_are_valid_under_load(pg):
+    with Run(["postgres", "-m", "0", "-j"]) as run:
+        pg.pgbench("-n", "-S", "-c", "2", "-T", "2")
+    run.stop()
+    for line in run.stdout.splitlines():
+        obj = json.loads(line)
+        assert {"ts", "engine", "pid", "tid", "duration_ms", "query", "truncated"} <= set(obj)
+    assert "lost" not in run.stderr
