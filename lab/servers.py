@@ -118,6 +118,16 @@ class PgServer:
             raise ServerError(f"psql failed: {r.stderr}")
         return r.stdout
 
+    def log_statements(self, on=True):
+        """log_min_duration_statement=0 with a parseable prefix (lab/logs.py)."""
+        from lab.logs import PG_LOG_PREFIX
+        value = "0" if on else "-1"
+        self.psql(f"ALTER SYSTEM SET log_min_duration_statement = {value}")
+        self.psql(f"ALTER SYSTEM SET log_line_prefix = '{PG_LOG_PREFIX}'")
+        self.psql("SELECT pg_reload_conf()")
+        time.sleep(0.5)  # the postmaster signals backends to reload
+        return self.log
+
     def pgbench(self, *args, timeout=600):
         r = subprocess.run([str(PG_BIN / "pgbench"), *map(str, args)], env=self.env,
                            capture_output=True, text=True, timeout=timeout)
@@ -198,6 +208,15 @@ class MariaServer:
         if check and r.returncode:
             raise ServerError(f"mariadb client failed: {r.stderr}")
         return r.stdout
+
+    def slow_log_on(self, path=None):
+        path = path or self.slow_log
+        self.sql(f"SET GLOBAL slow_query_log_file = '{path}'; SET GLOBAL long_query_time = 0; "
+                 "SET GLOBAL slow_query_log = 1")
+        return path
+
+    def slow_log_off(self):
+        self.sql("SET GLOBAL slow_query_log = 0")
 
     def sysbench(self, test, *args, timeout=600):
         base = ["sysbench", test, f"--mysql-socket={self.sock}", "--mysql-user=root",

@@ -153,12 +153,20 @@ def describe_plan(plan, tracer):
     return "\n".join(lines)
 
 
-class _Stop(Exception):
-    pass
+class StopFlag:
+    """Set by SIGINT/SIGTERM. The main loop polls it, so a signal never lands
+    in the middle of a ring buffer batch (which would be read twice)."""
 
+    def __init__(self):
+        self.set = False
 
-def _on_term(signum, frame):
-    raise _Stop()
+    def __call__(self, signum, frame):
+        self.set = True
+
+    def install(self):
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+        return self
 
 
 def run(args, out):
@@ -174,15 +182,15 @@ def run(args, out):
     tracer = Tracer(plan)
     if args.verbose:
         _stderr(describe_plan(plan, tracer))
-    signal.signal(signal.SIGTERM, _on_term)
+    stop = StopFlag().install()
     with tracer:
         if args.mode == "stream":
-            return _stream(args, plan, tracer, out)
+            return _stream(args, plan, tracer, out, stop)
         from dbslower.summary import run_summary
-        return run_summary(args, plan, tracer, out, lambda: _stderr(banner(args, plan)), _Stop)
+        return run_summary(args, plan, tracer, out, lambda: _stderr(banner(args, plan)), stop)
 
 
-def _stream(args, plan, tracer, out):
+def _stream(args, plan, tracer, out, stop):
     from dbslower.decode import Decoder, RingReader, wait_readable
     from dbslower.output import JsonWriter, TableWriter
 
@@ -198,25 +206,19 @@ def _stream(args, plan, tracer, out):
     _stderr(banner(args, plan))
     writer.header()
     deadline = time.monotonic() + args.duration if args.duration else None
-    try:
-        while True:
-            got = sum(r.read(handle) for r in readers)
-            if got:
-                out.flush()
-            now = time.monotonic()
-            if deadline and now >= deadline:
-                break
-            timeout = 0.2 if deadline is None else min(0.2, deadline - now)
-            if got:
-                # Let records accumulate: fewer, larger batches cost less CPU.
-                time.sleep(min(0.01, timeout))
-            else:
-                wait_readable(fds, timeout)
-    except (KeyboardInterrupt, _Stop):
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while not stop.set:
+        got = sum(r.read(handle) for r in readers)
+        if got:
+            out.flush()
+        now = time.monotonic()
+        if deadline and now >= deadline:
+            break
+        timeout = 0.2 if deadline is None else min(0.2, deadline - now)
+        if got:
+            # Let records accumulate: fewer, larger batches cost less CPU.
+            time.sleep(min(0.01, timeout))
+        else:
+            wait_readable(fds, timeout)
     for r in readers:
         r.read(handle)
     out.flush()
@@ -240,7 +242,7 @@ def main(argv=None):
     except DbslowerError as e:
         _stderr(f"dbslower: {e.line()}")
         return e.exit_code
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
         # Reader went away (e.g. piped to head): not an error.

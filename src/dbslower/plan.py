@@ -87,8 +87,13 @@ def _pg_target(binary, elf, run_pid):
             reason = "no USDT probes in this build; exported pgstat_report_activity and PortalRun"
         else:
             reason = "USDT probes need a running server to enable; exported functions instead"
-    sym, fn = quirks.PG_ERROR_UPROBE
     notes = []
+    sym, fn = quirks.PG_END_UPROBE
+    if sym in syms:
+        probes.append(Probe("uprobe", sym, fn))
+    else:
+        notes.append(f"{sym} is not exported: a statement ends when the backend reports its next state")
+    sym, fn = quirks.PG_ERROR_UPROBE
     if sym in syms:
         probes.append(Probe("uprobe", sym, fn))
     else:

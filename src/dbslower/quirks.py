@@ -42,6 +42,10 @@ PG_UPROBES = {
     "pgstat_report_activity": "pg_status",
     "PortalRun": "pg_execute",
 }
+# Called last by exec_simple_query, exec_parse_message, exec_bind_message and
+# exec_execute_message (src/backend/tcop/postgres.c, PG 12-18); it takes the
+# end time of the server's own duration log line. Used on both methods.
+PG_END_UPROBE = ("check_log_duration", "pg_msg_end")
 # Called by PostgresMain's error recovery (src/backend/tcop/postgres.c)
 # before the backend reports idle; used on both methods to flag failures.
 PG_ERROR_UPROBE = ("AbortCurrentTransaction", "pg_abort")

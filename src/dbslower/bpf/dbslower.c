@@ -181,12 +181,15 @@ static __always_inline void finish_statement(struct query_event *ev)
  * (src/backend/utils/activity/backend_status.c in PG 14+), so both give the
  * same edges.
  *
- * A "window" runs from one such report to the next. Windows that ran a
- * portal (PortalRun: USDT query__execute__start, or a uprobe on PortalRun)
- * are a simple Query or an Execute; windows without one are Parse or Bind,
- * and their time is carried into the next statement that executes. So an
- * extended-protocol statement's latency is parse + bind + execute, which is
- * what the server's log_min_duration_statement lines add up to.
+ * A "window" runs from that report to the entry of check_log_duration(),
+ * which every exec_* function above calls last, and which takes the end
+ * timestamp of the server's own log_min_duration_statement line. Windows
+ * that ran a portal (PortalRun: USDT query__execute__start, or a uprobe on
+ * PortalRun) are a simple Query or an Execute; windows without one are Parse
+ * or Bind, and their time is carried into the next statement that executes.
+ * So an extended-protocol statement's latency is parse + bind + execute,
+ * which is what the server's log lines add up to. A window that never
+ * reaches check_log_duration (an error) closes at the next report.
  *
  * Errors: the backend's error recovery in PostgresMain calls
  * AbortCurrentTransaction() before it reports idle, so a uprobe there marks
@@ -325,6 +328,17 @@ int pg_execute(struct pt_regs *ctx)
 	return on_execute();
 }
 #endif
+
+/* check_log_duration(char *msec_str, bool was_logged): end of a message */
+int pg_msg_end(struct pt_regs *ctx)
+{
+	u64 now = bpf_ktime_get_ns();
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct pg_inflight *v = inflight.lookup(&tid);
+	if (v && v->window_start_ns)
+		close_window(v, now);
+	return 0;
+}
 
 /* AbortCurrentTransaction(void): error recovery of the statement in flight */
 int pg_abort(struct pt_regs *ctx)
@@ -559,8 +573,12 @@ int my_parse(struct pt_regs *ctx)
 		return 0;
 	u64 raw = PT_REGS_PARM2(ctx);
 	u64 len = (u32)PT_REGS_PARM3(ctx);
-	if (v->nparse++ == 0)
+	if (v->nparse++ == 0) {
+		/* alloc_query() copied the packet: later statements point into
+		 * this copy, not into the packet seen at dispatch_command. */
+		v->stmt_ptr = raw;
 		return 0;
+	}
 	/* The previous statement ends where this one starts. */
 	if (raw > v->stmt_ptr && raw - v->stmt_ptr < v->ev.text_len)
 		v->ev.text_len = raw - v->stmt_ptr;

@@ -1,0 +1,65 @@
+"""dbslower against PostgreSQL's own log_min_duration_statement=0 log:
+every statement the server logged appears exactly once, with a duration
+within max(10%, 0.3 ms) of the server's (parse+bind+execute summed)."""
+
+import pytest
+
+from conftest import Run
+from lab.logs import compare, parse_pg_log, within
+
+pytestmark = pytest.mark.integration
+
+
+def check(pg, workload, min_statements):
+    log = pg.log_statements(True)
+    start = log.stat().st_size
+    try:
+        with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+            workload()
+    finally:
+        pg.log_statements(False)
+    with open(log, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        logged = parse_pg_log(f.read())
+    # The logging switch itself is not part of the workload.
+    events = [e for e in run.events() if "log_min_duration_statement" not in e["query"]
+              and "pg_reload_conf" not in e["query"] and "log_line_prefix" not in e["query"]]
+    logged = [entry for entry in logged if "log_min_duration_statement" not in entry.query
+              and "pg_reload_conf" not in entry.query and "log_line_prefix" not in entry.query]
+    pairs, problems = compare(logged, events, key="pid")
+    assert not problems, problems[:10]
+    assert len(pairs) >= min_statements
+    off = [(entry.query, entry.duration_ms, ev["duration_ms"]) for entry, ev in pairs
+           if not within(ev["duration_ms"], entry.duration_ms)]
+    # dbslower stamps a statement's end on entry to check_log_duration(),
+    # a few instructions before the server reads its clock; returning from
+    # the probe's trap is a point where the kernel may switch tasks, so on this
+    # loaded 2-core machine a backend is now and then descheduled in between
+    # and the server's figure grows by that time slice. Those rare cases (and
+    # only those: ours shorter) are the listed exception; see README.
+    longer = [o for o in off if o[2] > o[1]]
+    assert not longer, longer[:10]
+    assert len(off) <= max(2, len(pairs) // 200), (len(off), len(pairs), off[:10])
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
+def test_pgbench_matches_server_log(pg, protocol):
+    check(pg, lambda: pg.pgbench("-n", "-M", protocol, "-c", "2", "-t", "100"), 2 * 100 * 7)
+
+
+def test_psycopg_prepared_and_pipeline_match_server_log(pg):
+    import psycopg
+    conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
+
+    def workload():
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for i in range(50):
+                conn.execute("SELECT abalance FROM pgbench_accounts WHERE aid = %s", (i + 1,), prepare=True)
+            with conn.pipeline():
+                for i in range(50):
+                    conn.execute("SELECT bid FROM pgbench_branches WHERE bid = %s", (1,))
+                    conn.execute("UPDATE pgbench_tellers SET tbalance = tbalance WHERE tid = %s", (i % 10 + 1,))
+            with conn.transaction():
+                conn.execute("SELECT count(*) FROM pgbench_history")
+
+    check(pg, workload, 150)
