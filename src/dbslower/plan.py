@@ -130,6 +130,10 @@ def _mysql_target(binary, elf, run_pid):
     else:
         cflags["SPLIT_MULTI"] = 0
         notes.append("no mysql_parse: a multi-statement COM_QUERY is one event")
+    if quirks.MY_STMT_END in syms:
+        probes.append(Probe("uprobe", quirks.MY_STMT_END, "my_stmt_end"))
+    else:
+        notes.append("no Protocol::end_statement: a statement ends when dispatch_command returns")
     ps = [quirks.MY_PS_PREPARE, quirks.MY_PS_EXECUTE, quirks.MY_PS_DESTROY]
     if all(s in syms for s in ps):
         probes += [Probe("uprobe", quirks.MY_PS_PREPARE, "my_ps_prepare"),

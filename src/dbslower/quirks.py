@@ -106,6 +106,13 @@ MY_PS_PREPARE = "_ZN18Prepared_statement7prepareEPKcj"       # sql/sql_prepare.c
 MY_PS_EXECUTE = "_ZN18Prepared_statement7executeEP6Stringb"
 MY_PS_DESTROY = "_ZN18Prepared_statementD2Ev"
 MY_ERROR_SINK = "my_message_sql"                             # sql/mysqld.cc
+# Protocol::end_statement() (sql/protocol.cc) sends the statement's final
+# OK/EOF/error packet. dispatch_command calls it right after
+# THD::update_server_status(), which takes the slow log's end time
+# (utime_after_query), once per statement, also inside a multi-statement
+# COM_QUERY (sql/sql_parse.cc, MariaDB 10.x and MySQL 5.x). Ending there keeps
+# the client's wake-up and any slow log write out of the measured time.
+MY_STMT_END = "_ZN8Protocol13end_statementEv"
 MY_THREAD_ID_ACCESSOR = "thd_get_thread_id"                  # sql/sql_class.cc
 
 # my_message_sql() MyFlags bits that mean "not an error"

@@ -39,7 +39,9 @@ def check(pg, workload, min_statements):
     # only those: ours shorter) are the listed exception; see README.
     longer = [o for o in off if o[2] > o[1]]
     assert not longer, longer[:10]
-    assert len(off) <= max(2, len(pairs) // 200), (len(off), len(pairs), off[:10])
+    # Listed exception (README, "Latency"): a task switch between the
+    # server's clock read and the probe's. Allowed for at most 1% of statements.
+    assert len(off) <= max(3, len(pairs) // 100), (len(off), len(pairs), off[:10])
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])

@@ -357,7 +357,13 @@ int pg_abort(struct pt_regs *ctx)
  * COM_STMT_EXECUTE or COM_STMT_BULK_EXECUTE.
  *
  * Uprobe path (no USDT: Debian's MariaDB, MySQL 8): dispatch_command()
- * entry and return bound each command. Its signature differs by server; the
+ * entry and return bound each command. The reported time runs from the
+ * first probe after the server stamps the statement's start (THD::set_time()
+ * in dispatch_command): mysql_parse() for COM_QUERY, Prepared_statement::
+ * execute() for COM_STMT_EXECUTE, else dispatch_command() itself; to
+ * Protocol::end_statement(), right after it stamps the end. Stamping after
+ * the server, not before, keeps a task switch on the return from a probe's
+ * trap inside both the server's window and ours. Its signature differs by server; the
  * argument positions come from the table in dbslower/quirks.py as DC_* flags.
  *  - COM_QUERY text is copied at entry (packet, or COM_DATA's query field).
  *  - Several statements in one COM_QUERY: MariaDB calls mysql_parse() once
@@ -374,6 +380,7 @@ int pg_abort(struct pt_regs *ctx)
  */
 
 struct my_inflight {
+	u64 end_ns;   /* last Protocol::end_statement() entry: the statement's end */
 	u64 stmt_ptr; /* start of the current statement inside a multi-statement packet */
 	u64 ps;       /* Prepared_statement* being executed */
 	u32 nparse;
@@ -541,7 +548,7 @@ int my_dispatch_return(struct pt_regs *ctx)
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	v->ev.duration_ns = now - v->ev.start_ns;
+	v->ev.duration_ns = (v->end_ns ? v->end_ns : now) - v->ev.start_ns;
 	if (v->ev.command != COM_QUERY && v->ev.duration_ns >= THRESHOLD_NS) {
 		struct ps_key k = {.ps = v->ps, .tgid = tgid};
 		struct ps_text *t = v->ps ? ps_texts.lookup(&k) : 0;
@@ -577,12 +584,14 @@ int my_parse(struct pt_regs *ctx)
 		/* alloc_query() copied the packet: later statements point into
 		 * this copy, not into the packet seen at dispatch_command. */
 		v->stmt_ptr = raw;
+		v->ev.start_ns = now;
 		return 0;
 	}
 	/* The previous statement ends where this one starts. */
 	if (raw > v->stmt_ptr && raw - v->stmt_ptr < v->ev.text_len)
 		v->ev.text_len = raw - v->stmt_ptr;
-	v->ev.duration_ns = now - v->ev.start_ns;
+	v->ev.duration_ns = (v->end_ns ? v->end_ns : now) - v->ev.start_ns;
+	v->end_ns = 0;
 	finish_statement(&v->ev);
 	v->ev.start_ns = now;
 	v->ev.flags = 0;
@@ -591,6 +600,18 @@ int my_parse(struct pt_regs *ctx)
 	return 0;
 }
 #endif
+
+/* Protocol::end_statement(): the server has just taken a statement's end
+ * time and is about to answer the client. The last call before a statement
+ * is reported is its end. */
+int my_stmt_end(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (v)
+		v->end_ns = bpf_ktime_get_ns();
+	return 0;
+}
 
 /* Prepared_statement::prepare(const char *packet, uint packet_length) */
 int my_ps_prepare(struct pt_regs *ctx)
@@ -625,8 +646,10 @@ int my_ps_execute(struct pt_regs *ctx)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (v && v->ev.command != COM_QUERY)
+	if (v && v->ev.command != COM_QUERY && !v->ps) {
 		v->ps = PT_REGS_PARM1(ctx);
+		v->ev.start_ns = bpf_ktime_get_ns();
+	}
 	return 0;
 }
 

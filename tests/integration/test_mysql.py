@@ -1,0 +1,130 @@
+"""MariaDB 10.11 (Debian: no USDT, uprobes on dispatch_command and friends),
+driven by the mariadb client and sysbench."""
+
+import collections
+import threading
+
+import pytest
+
+from conftest import Run, run_cli
+from lab.logs import compare, parse_mariadb_slow_log, strip_literals, within
+
+pytestmark = pytest.mark.integration
+
+POINT_SELECT = "SELECT c FROM sbtest1 WHERE id="
+
+
+def sysbench(maria, test, *args):
+    return maria.sysbench(test, "--tables=1", "--table-size=10000", *args, "run")
+
+
+def test_point_select_every_query_once(maria):
+    with Run(["mysql", "-m", "0", "-j", "-p", maria.pid]) as run:
+        sysbench(maria, "oltp_point_select", "--db-ps-mode=disable", "--events=2000", "--threads=2")
+    events = run.events()
+    got = [e for e in events if e["query"].startswith(POINT_SELECT)]
+    assert len(got) == 2000
+    assert all(e["command"] == "COM_QUERY" and e["query"][len(POINT_SELECT):].isdigit() for e in got)
+    assert "via uprobe" in run.stderr
+
+
+def test_prepared_statements_once_with_text(maria):
+    with Run(["mysql", "-m", "0", "-j"]) as run:
+        sysbench(maria, "oltp_point_select", "--db-ps-mode=auto", "--events=2000", "--threads=2")
+    got = [e for e in run.events() if e["command"] == "COM_STMT_EXECUTE"]
+    assert len(got) == 2000
+    assert {e["query"] for e in got} == {"SELECT c FROM sbtest1 WHERE id=?"}
+
+
+def test_sleep_latency_threshold_and_connection_id(maria):
+    with Run(["mysql", "-m", "50", "-j"]) as run:
+        conn_id = maria.sql("SELECT CONNECTION_ID(); SELECT SLEEP(0.2)").split()[0]
+        maria.sql("SELECT SLEEP(0.01)")
+        maria.sql("SELECT 1")
+    events = run.events()
+    assert [e["query"] for e in events] == ["SELECT SLEEP(0.2)"]
+    e = events[0]
+    assert 200 <= e["duration_ms"] < 260
+    assert e["conn_id"] == int(conn_id) and e["engine"] == "mysql" and e["status"] == "ok"
+
+
+def test_multi_statement_query_reported_per_statement(maria):
+    with Run(["mysql", "-m", "0", "-j"]) as run:
+        # With a custom delimiter the client sends all three in one COM_QUERY.
+        maria_multi = maria.client_args() + ["--delimiter=//", "-e",
+                                             "SELECT 'a1'; SELECT SLEEP(0.05);  SELECT 'a3'//"]
+        import subprocess
+        subprocess.run(maria_multi, check=True, capture_output=True, timeout=60)
+    qs = [(e["query"], e["duration_ms"]) for e in run.events()]
+    texts = [q for q, _ in qs]
+    assert texts == ["SELECT 'a1'", "SELECT SLEEP(0.05)", "SELECT 'a3'"]
+    assert qs[1][1] >= 50 and qs[0][1] < 50 and qs[2][1] < 50
+
+
+def test_call_reported_once_like_the_slow_log(maria):
+    import subprocess
+    subprocess.run(maria.client_args() + ["--delimiter=//", "sbtest", "-e",
+                   "CREATE OR REPLACE PROCEDURE p_probe() BEGIN SELECT 1; SELECT SLEEP(0.03); END//"],
+                   check=True, capture_output=True, timeout=60)
+    with Run(["mysql", "-m", "0", "-j"]) as run:
+        maria.sql("CALL p_probe()", db="sbtest")
+    texts = [e["query"] for e in run.events()]
+    assert texts == ["CALL p_probe()"]
+    assert run.events()[0]["duration_ms"] >= 30
+
+
+def test_errors_flagged_and_admin_commands_not_reported(maria):
+    import subprocess
+    with Run(["mysql", "-m", "0", "-j"]) as run:
+        maria.sql("SELECT no_such_column", check=False)
+        maria.sql("SELECT 'fine'")
+        subprocess.run(["mariadb-admin", f"--socket={maria.sock}", "-uroot", "ping"], check=True,
+                       capture_output=True)
+        maria.sql("SHOW WARNINGS", db="sbtest")  # init_db (COM_INIT_DB) then a query
+    events = run.events()
+    by_query = {e["query"]: e for e in events}
+    assert by_query["SELECT no_such_column"]["status"] == "error"
+    assert by_query["SELECT 'fine'"]["status"] == "ok"
+    assert {e["command"] for e in events} == {"COM_QUERY"}
+    assert [e["query"] for e in events] == ["SELECT no_such_column", "SELECT 'fine'", "SHOW WARNINGS"]
+
+
+def test_new_connections_and_concurrency(maria):
+    with Run(["mysql", "-m", "0", "-j", "-x", "/usr/sbin/mariadbd"]) as run:
+        threads = [threading.Thread(target=maria.sql, args=(f"SELECT {i}, SLEEP(0.05)",)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    got = [e for e in run.events() if "SLEEP(0.05)" in e["query"]]
+    assert sorted(e["query"] for e in got) == sorted(f"SELECT {i}, SLEEP(0.05)" for i in range(8))
+    assert len({e["conn_id"] for e in got}) == 8
+
+
+def test_verbose_names_the_dispatch_signature(maria):
+    r = run_cli(["mysql", "-v", "-d", "0.5"])
+    assert r.returncode == 0, r.stderr
+    assert "dispatch_command signature mariadb-10" in r.stderr
+
+
+@pytest.mark.parametrize("ps_mode", ["disable", "auto"])
+def test_read_only_matches_slow_log(maria, ps_mode):
+    log = maria.slow_log_on(maria.dir / f"slow-{ps_mode}.log")
+    try:
+        with Run(["mysql", "-m", "0", "-j", "-p", maria.pid]) as run:
+            sysbench(maria, "oltp_read_only", f"--db-ps-mode={ps_mode}", "--events=100", "--threads=2")
+    finally:
+        maria.slow_log_off()
+    logged = [entry for entry in parse_mariadb_slow_log(log.read_text(errors="replace"))
+              if "slow_query_log" not in entry.query]
+    events = [e for e in run.events() if "slow_query_log" not in e["query"]]
+    pairs, problems = compare(logged, events, key="conn_id", normalize=strip_literals)
+    assert not problems, problems[:10]
+    assert len(pairs) >= 100 * 16
+    off = [(entry.query, entry.duration_ms, ev["duration_ms"]) for entry, ev in pairs
+           if not within(ev["duration_ms"], entry.duration_ms)]
+    print("OFF", len(off), len(pairs), off[:5])
+    # Listed exception (README, "Latency"): a task switch between the
+    # server's clock read and the probe's. Allowed for at most 1% of statements.
+    assert len(off) <= max(3, len(pairs) // 100), (len(off), len(pairs), off[:10])
+    assert collections.Counter(e["command"] for e in events)["COM_STMT_EXECUTE" if ps_mode == "auto" else "COM_QUERY"] >= 1600
