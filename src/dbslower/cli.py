@@ -96,6 +96,8 @@ def build_parser():
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--hist", action="store_true", help="print latency histograms")
     mode.add_argument("--digest", action="store_true", help="print per-query-fingerprint digests")
+    p.add_argument("--top", type=int, metavar="N",
+                   help="--digest: rows to show (default 20 in the table, all in JSON; 0: all)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print the probe plan and the BPF program to stderr")
     p.add_argument("--version", action="version", version=f"dbslower {__version__}")
@@ -111,6 +113,10 @@ def parse_args(argv):
         args.threshold = 0.0 if summary else 1.0
     args.pids = [p for group in (args.pid or []) for p in group]
     args.mode = "hist" if args.hist else "digest" if args.digest else "stream"
+    if args.top is not None and args.top < 0:
+        raise UsageError("--top cannot be negative")
+    if args.json and args.top is None:
+        args.top = 0
     return args
 
 
@@ -251,3 +257,9 @@ def main(argv=None):
         except OSError:
             pass
         return 0
+    except Exception as e:  # a bug: still one line; the probes are detached by now
+        _stderr(f"dbslower: internal error: {e!r} (please report it; DBSLOWER_DEBUG=1 shows the traceback)")
+        if os.environ.get("DBSLOWER_DEBUG"):
+            import traceback
+            traceback.print_exc()
+        return 1

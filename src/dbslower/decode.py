@@ -146,9 +146,9 @@ def parse_pg_title(title):
 class Decoder:
     """Turns records into Events. One per run; per-backend work is cached."""
 
-    def __init__(self, engine, titles=None):
+    def __init__(self, engine, context=True):
         self.engine = engine
-        self.titles = titles if titles is not None else (PgTitles() if engine == "postgres" else None)
+        self.titles = PgTitles() if engine == "postgres" and context else None
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
     def decode(self, buf, off, length):
@@ -177,6 +177,8 @@ class Decoder:
         ev.application_name = None
         if self.titles is not None:
             ev.user, ev.db, ev.client = self.titles.get(pid, time.monotonic_ns())
+        elif self.engine == "postgres":
+            ev.user = ev.db = ev.client = None
         else:
             ev.db = _cstr(db) if db[0] else None
             ev.user = _cstr(user) if user[0] else None

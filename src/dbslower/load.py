@@ -35,9 +35,9 @@ def headers_dir():
 
 def headers_ok():
     mod = Path("/lib/modules") / platform.release()
-    if Path("/sys/kernel/kheaders.tar.xz").exists():
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return True
-    return (mod / "build" / "include").is_dir() and (mod / "source" / "include" / "linux" / "kconfig.h").exists()
+    return os.path.isdir(mod / "build" / "include") and os.path.exists(mod / "source" / "include" / "linux" / "kconfig.h")
 
 
 def preflight():
@@ -46,10 +46,10 @@ def preflight():
     caps = _effective_caps()
     if os.geteuid() != 0 and not (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
         problems.append(NotRoot("dbslower must run as root (or with CAP_BPF and CAP_PERFMON)"))
-    if not any(Path(d, "uprobe_events").exists() for d in TRACEFS_DIRS):
+    if not any(os.path.exists(os.path.join(d, "uprobe_events")) for d in TRACEFS_DIRS):
         problems.append(NoBPF("uprobes are unavailable: no uprobe_events in tracefs",
                               "mount it with 'mount -t tracefs tracefs /sys/kernel/tracing'; the kernel needs CONFIG_UPROBE_EVENTS"))
-    if not Path("/proc/sys/kernel/unprivileged_bpf_disabled").exists():
+    if not os.path.exists("/proc/sys/kernel/unprivileged_bpf_disabled"):
         problems.append(NoBPF("this kernel has no BPF system call (CONFIG_BPF_SYSCALL)"))
     if not headers_ok():
         problems.append(NoHeaders(f"kernel headers for {platform.release()} are missing ({headers_dir()})"))
@@ -95,6 +95,23 @@ class LoadedTarget:
 
 def _percpu_sums(table):
     return [sum(table[ct.c_int(i)]) for i in range(len(table))]
+
+
+def _percpu_items(table):
+    for i in range(len(table)):
+        yield i, table[ct.c_int(i)]
+
+
+def _int(v):
+    return v if isinstance(v, int) else v.value
+
+
+def _hash_items(table):
+    """Batched lookups where the kernel has them (5.6+), else one by one."""
+    try:
+        return list(table.items_lookup_batch())
+    except Exception:
+        return list(table.items())
 
 
 class Tracer:
@@ -147,6 +164,9 @@ class Tracer:
             raise AttachFailed(f"cannot load the BPF program for {target.binary.path}: {e}",
                                "run with -v to see the program; check the kernel headers") from e
         try:
+            if self.plan.mode == "digest":
+                chunk = b.load_func(b"fp_chunk", bcc.BPF.KPROBE)
+                b["fp_chain"][ct.c_int(0)] = ct.c_int(chunk.fd)
             for p in target.probes:
                 if p.kind == "uprobe":
                     b.attach_uprobe(name=target.binary.path.encode(), sym=p.site.encode(), fn_name=p.fn.encode())
@@ -178,6 +198,37 @@ class Tracer:
             c = _percpu_sums(lt.bpf["counters"])
             total = c if total is None else [a + b for a, b in zip(total, c)]
         return total or []
+
+    def read_hist(self):
+        """Cumulative ({bucket: count}, failed, max_ns) over every program."""
+        counts, failed, max_ns = {}, 0, 0
+        for lt in self.loaded:
+            h = lt.bpf["hist"]
+            for b, per_cpu in _percpu_items(h):
+                n = sum(per_cpu)
+                if n:
+                    counts[b] = counts.get(b, 0) + n
+            extra = lt.bpf["hist_extra"]
+            failed += sum(extra[ct.c_int(0)])
+            max_ns = max([max_ns] + list(extra[ct.c_int(1)]))
+        return counts, failed, max_ns
+
+    def read_digests(self):
+        """Cumulative {fp: [calls, total_ns, max_ns, failed]} and
+        {fp: {bucket: count}} over every program."""
+        stats, hists = {}, {}
+        for lt in self.loaded:
+            for k, v in _hash_items(lt.bpf["digests"]):
+                fp = _int(k)
+                row = stats.setdefault(fp, [0, 0, 0, 0])
+                row[0] += v.calls
+                row[1] += v.total_ns
+                row[2] = max(row[2], v.max_ns)
+                row[3] += v.failed
+            for k, v in _hash_items(lt.bpf["digest_hist"]):
+                h = hists.setdefault(k.fp, {})
+                h[k.bucket] = h.get(k.bucket, 0) + _int(v)
+        return stats, hists
 
     def close(self):
         for lt in self.loaded:

@@ -93,7 +93,8 @@ static __always_inline int pid_traced(u32 tgid)
 
 #if MODE == MODE_HIST
 BPF_PERCPU_ARRAY(hist, u64, HIST_BUCKETS);
-BPF_PERCPU_ARRAY(hist_failed, u64, 1);
+/* [0]: failed statements, [1]: the slowest statement's ns */
+BPF_PERCPU_ARRAY(hist_extra, u64, 2);
 #endif
 
 
@@ -101,6 +102,22 @@ BPF_PERCPU_ARRAY(hist_failed, u64, 1);
 BPF_HASH(digests, u64, struct digest_stats, DIGEST_ENTRIES);
 BPF_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
 #include "fingerprint.h"
+
+/* A finished statement waiting for its fingerprint. Hashing runs in
+ * fp_chunk, tail-called FP_CHUNK bytes at a time from the end of the probe
+ * handler that finished the statement. */
+struct fp_work {
+	u32 pending;
+	u32 pos;
+	u32 state;
+	char prev;
+	char last_out;
+	u16 pad;
+	u64 hash;
+	struct query_event ev;
+};
+BPF_PERCPU_ARRAY(fp_work, struct fp_work, 1);
+BPF_PROG_ARRAY(fp_chain, 1);
 #endif
 
 /*
@@ -121,15 +138,34 @@ static __always_inline void finish_statement(struct query_event *ev)
 	u64 *c = hist.lookup(&b);
 	if (c)
 		(*c)++;
-	if (ev->flags & EV_FAILED) {
-		u32 zero = 0;
-		u64 *f = hist_failed.lookup(&zero);
-		if (f)
-			(*f)++;
-	}
+	u32 slot = 0;
+	u64 *x = hist_extra.lookup(&slot);
+	if (x && (ev->flags & EV_FAILED))
+		(*x)++;
+	slot = 1;
+	x = hist_extra.lookup(&slot);
+	if (x && ev->duration_ns > *x)
+		*x = ev->duration_ns;
 #elif MODE == MODE_DIGEST
-	u32 len = bounded_len(ev->text_len);
-	u64 fp = kernel_fingerprint(ev->text, len);
+	u32 zero = 0;
+	struct fp_work *w = fp_work.lookup(&zero);
+	if (!w)
+		return;
+	if (w->pending)
+		count(CTR_LOST_EVENTS); /* another handler on this CPU left one unfinished */
+	bpf_probe_read_kernel(&w->ev, offsetof(struct query_event, text) + bounded_len(ev->text_len), ev);
+	w->pending = 1;
+	w->pos = 0;
+	w->state = FP_PLAIN;
+	w->prev = 0;
+	w->last_out = 0;
+	w->hash = FNV_OFFSET;
+#endif
+}
+
+#if MODE == MODE_DIGEST
+static __always_inline void digest_update(struct query_event *ev, u64 fp)
+{
 	struct digest_stats *st = digests.lookup(&fp);
 	if (!st) {
 		struct digest_stats zero = {};
@@ -141,8 +177,10 @@ static __always_inline void finish_statement(struct query_event *ev)
 			return;
 		}
 		if (first) {
+			/* The first statement of a fingerprint carries its text. */
 			ev->kind = KIND_SAMPLE;
 			ev->fp = fp;
+			u32 len = bounded_len(ev->text_len);
 			if (events.ringbuf_output(ev, offsetof(struct query_event, text) + len, 0) < 0)
 				count(CTR_LOST_EVENTS);
 		}
@@ -165,8 +203,63 @@ static __always_inline void finish_statement(struct query_event *ev)
 		else
 			count(CTR_MAP_FULL);
 	}
-#endif
 }
+
+/* Hashes the next FP_CHUNK bytes of the pending statement, then tail-calls
+ * itself for the rest, or records the statement under its fingerprint. */
+int fp_chunk(struct pt_regs *ctx)
+{
+	u32 zero = 0;
+	struct fp_work *w = fp_work.lookup(&zero);
+	if (!w || !w->pending)
+		return 0;
+	u32 len = bounded_len(w->ev.text_len);
+	if (len > FP_MAX_BYTES)
+		len = FP_MAX_BYTES;
+	/* The state machine's state round-trips through map memory, whose
+	 * contents the verifier does not track: kept in registers, each
+	 * constant state would be a separate verifier state per iteration,
+	 * and the loop would exhaust the verifier's budget. */
+	volatile u32 *vstate = &w->state;
+	volatile char *vlast = &w->last_out;
+	char prev = w->prev;
+	u64 hash = w->hash;
+	u32 pos = w->pos;
+	for (u32 i = 0; i < FP_CHUNK; i++) {
+		u32 p = pos + i;
+		if (p >= len)
+			break;
+		char c = w->ev.text[p & (TEXT_BYTES - 1)];
+		char last_out = *vlast;
+		*vstate = fp_byte(*vstate, c, prev, &hash, &last_out);
+		*vlast = last_out;
+		prev = c;
+	}
+	pos += FP_CHUNK;
+	w->prev = prev;
+	w->hash = hash;
+	w->pos = pos;
+	if (pos < len)
+		fp_chain.call(ctx, 0); /* does not return unless it fails */
+	w->pending = 0;
+	digest_update(&w->ev, hash | 1); /* never 0, which means "no fingerprint" */
+	return 0;
+}
+
+/* Every probe handler ends with this: a statement it finished is hashed by
+ * the tail-called fp_chunk, after the handler's own map updates are done. */
+static __always_inline void digest_tail(struct pt_regs *ctx)
+{
+	u32 zero = 0;
+	struct fp_work *w = fp_work.lookup(&zero);
+	if (w && w->pending)
+		fp_chain.call(ctx, 0);
+}
+#else
+static __always_inline void digest_tail(struct pt_regs *ctx)
+{
+}
+#endif
 
 #if ENGINE == ENGINE_POSTGRES
 /*
@@ -306,7 +399,9 @@ int pg_status(struct pt_regs *ctx)
 {
 	u64 text = 0;
 	bpf_usdt_readarg(1, ctx, &text);
-	return on_status((const char *)text, text != 0);
+	on_status((const char *)text, text != 0);
+	digest_tail(ctx);
+	return 0;
 }
 
 int pg_execute(struct pt_regs *ctx)
@@ -319,7 +414,9 @@ int pg_status(struct pt_regs *ctx)
 {
 	int state = (int)PT_REGS_PARM1(ctx);
 	const char *text = (const char *)PT_REGS_PARM2(ctx);
-	return on_status(text, state == PG_STATE_RUNNING);
+	on_status(text, state == PG_STATE_RUNNING);
+	digest_tail(ctx);
+	return 0;
 }
 
 /* PortalRun(Portal portal, ...) */
@@ -337,6 +434,7 @@ int pg_msg_end(struct pt_regs *ctx)
 	struct pg_inflight *v = inflight.lookup(&tid);
 	if (v && v->window_start_ns)
 		close_window(v, now);
+	digest_tail(ctx);
 	return 0;
 }
 
@@ -485,6 +583,7 @@ int my_query_done(struct pt_regs *ctx)
 	v->ev.duration_ns = now - v->ev.start_ns;
 	finish_statement(&v->ev);
 	inflight.delete(&tid);
+	digest_tail(ctx);
 	return 0;
 }
 
@@ -565,6 +664,7 @@ int my_dispatch_return(struct pt_regs *ctx)
 	}
 	finish_statement(&v->ev);
 	inflight.delete(&tid);
+	digest_tail(ctx);
 	return 0;
 }
 
@@ -597,6 +697,7 @@ int my_parse(struct pt_regs *ctx)
 	v->ev.flags = 0;
 	v->stmt_ptr = raw;
 	copy_counted(&v->ev, (const char *)raw, len);
+	digest_tail(ctx);
 	return 0;
 }
 #endif

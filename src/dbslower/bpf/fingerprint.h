@@ -19,22 +19,7 @@
 #define FNV_PRIME 1099511628211ULL
 #define FNV_OFFSET 14695981039346656037ULL
 
-struct fp_state {
-	const char *text;
-	u32 len;
-	u32 state;
-	u64 hash;
-	char prev;      /* previous byte of the input, raw */
-	char last_out;  /* previous byte hashed */
-};
-
-static __always_inline void fp_out(struct fp_state *s, char c)
-{
-	if (c == ' ' && (s->last_out == ' ' || s->last_out == 0))
-		return;
-	s->hash = (s->hash ^ (u8)c) * FNV_PRIME;
-	s->last_out = c;
-}
+#define FP_COMMENT_OPEN 6 /* saw '/' then '*': a hint if '!' follows */
 
 static __always_inline int is_ident(char c)
 {
@@ -42,65 +27,70 @@ static __always_inline int is_ident(char c)
 	       (c >= '0' && c <= '9') || c == '_' || c == '$' || (u8)c >= 0x80;
 }
 
-static long fp_step(u32 i, struct fp_state *s)
+/* One byte of the fingerprint state machine; returns the new state. */
+static __always_inline u32 fp_byte(u32 state, char c, char prev, u64 *hash, char *last_out)
 {
-	if (i >= s->len || i >= TEXT_BYTES)
-		return 1;
-	char c = s->text[i & (TEXT_BYTES - 1)];
-	char prev = s->prev;
-	s->prev = c;
-	switch (s->state) {
+	char out = 0;
+	switch (state) {
 	case FP_SQUOTE:
-		if (c == '\'')
-			s->state = FP_PLAIN;
-		return 0;
+		return c == '\'' ? FP_PLAIN : FP_SQUOTE;
 	case FP_DQUOTE:
-		if (c == '"')
-			s->state = FP_PLAIN;
-		return 0;
+		if (DQUOTE_IS_STRING)
+			return c == '"' ? FP_PLAIN : FP_DQUOTE;
+		/* PostgreSQL quoted identifier: verbatim, case kept */
+		*hash = (*hash ^ (u8)c) * FNV_PRIME;
+		*last_out = c;
+		return c == '"' ? FP_PLAIN : FP_DQUOTE;
 	case FP_BLOCK_COMMENT:
-		if (c == '/' && prev == '*')
-			s->state = FP_PLAIN;
-		return 0;
+		return (c == '/' && prev == '*') ? FP_PLAIN : FP_BLOCK_COMMENT;
 	case FP_LINE_COMMENT:
-		if (c == '\n')
-			s->state = FP_PLAIN;
-		return 0;
+		return c == '\n' ? FP_PLAIN : FP_LINE_COMMENT;
+	case FP_COMMENT_OPEN:
+		if (c != '!')
+			return FP_BLOCK_COMMENT;
+		out = '*'; /* a MySQL hint, slash-star-bang: keep it */
+		state = FP_PLAIN;
+		break;
 	case FP_NUMBER:
-		if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' ||
-		    c == 'x' || c == 'X' || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))
-			return 0;
-		s->state = FP_PLAIN;
+		if ((c >= '0' && c <= '9') || c == '.' || c == 'x' || c == 'X' ||
+		    (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))
+			return FP_NUMBER;
+		state = FP_PLAIN;
 		break;
 	}
-	if (c == '\'') {
-		s->state = FP_SQUOTE;
-		fp_out(s, '?');
-	} else if (c == '"' && DQUOTE_IS_STRING) {
-		s->state = FP_DQUOTE;
-		fp_out(s, '?');
-	} else if (c >= '0' && c <= '9' && !is_ident(prev)) {
-		s->state = FP_NUMBER;
-		fp_out(s, '?');
-	} else if (c == '*' && prev == '/') {
-		/* '/' was already hashed; harmless, it is the same for every comment */
-		s->state = FP_BLOCK_COMMENT;
-	} else if (c == '-' && prev == '-') {
-		s->state = FP_LINE_COMMENT;
-	} else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-		fp_out(s, ' ');
-	} else {
-		if (c >= 'A' && c <= 'Z')
-			c += 'a' - 'A';
-		fp_out(s, c);
+	if (!out) {
+		if (c == '\'') {
+			out = '?';
+			state = FP_SQUOTE;
+		} else if (c == '"') {
+			out = DQUOTE_IS_STRING ? '?' : '"';
+			state = FP_DQUOTE;
+		} else if (c >= '0' && c <= '9' && !is_ident(prev)) {
+			out = '?';
+			state = FP_NUMBER;
+		} else if (c == '*' && prev == '/') {
+			return FP_COMMENT_OPEN;
+		} else if (c == '-' && prev == '-') {
+			return FP_LINE_COMMENT;
+		} else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+			out = ' ';
+		} else {
+			out = (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+		}
 	}
-	return 0;
+	if (out == ' ' && (*last_out == ' ' || *last_out == 0))
+		return state;
+	*hash = (*hash ^ (u8)out) * FNV_PRIME;
+	*last_out = out;
+	return state;
 }
 
-static __always_inline u64 kernel_fingerprint(const char *text, u32 len)
-{
-	struct fp_state s = {.text = text, .len = len, .hash = FNV_OFFSET};
-	bpf_loop(TEXT_BYTES, fp_step, &s, 0);
-	return s.hash | 1; /* never 0, which means "no fingerprint" */
-}
+/* Bytes hashed per tail-called program. With the state kept in map memory
+ * (see fp_chunk) the verifier spends ~800 instructions per byte, so 256
+ * bytes use about a fifth of its 1M budget; 32 chained calls cover the
+ * largest capture, 8 KiB. */
+#define FP_CHUNK 256
+#define FP_MAX_CHUNKS 32 /* the kernel allows 33 tail calls in a chain */
+#define FP_MAX_BYTES (FP_CHUNK * FP_MAX_CHUNKS)
+
 #endif
