@@ -1,98 +1,11 @@
-"""Shared test helpers.
+"""pytest fixtures: the real servers the integration tests share."""
 
-Tiers: tests/unit needs nothing; tests/bpf needs root and BPF, and builds small
-fixture programs; tests/integration needs root and starts real servers.
-Under CI=true a missing prerequisite fails the test instead of skipping it.
-"""
-
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+import shutil
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
-
-IN_CI = os.environ.get("CI") == "true"
-DBSLOWER = [sys.executable, "-m", "dbslower"]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
-
-
-def require(condition, why):
-    """Skip when a prerequisite is missing on a developer machine; fail in CI."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"prerequisite missing in CI: {why}")
-    pytest.skip(why)
-
-
-def require_root():
-    require(os.geteuid() == 0, "needs root")
-
-
-class Run:
-    """A dbslower process started in the background and stopped on request."""
-
-    def __init__(self, args, ready_timeout_s=60, env=None):
-        self.args = [str(a) for a in args]
-        self.out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"dbslower-test-{os.getpid()}-{time.monotonic_ns()}.out"
-        self.out = open(self.out_path, "wb")
-        self.proc = subprocess.Popen(DBSLOWER + self.args, stdout=self.out, stderr=subprocess.PIPE,
-                                     env=env or ENV)
-        self.stderr_lines = []
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            text = line.decode("utf-8", "replace")
-            self.stderr_lines.append(text)
-            if text.startswith("Tracing"):
-                return
-        self.stop()
-        raise AssertionError(f"dbslower {' '.join(self.args)} never printed Tracing: {''.join(self.stderr_lines)}")
-
-    def stop(self, sig=signal.SIGINT, timeout_s=60):
-        if self.out.closed:
-            return self
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rest = self.proc.communicate(timeout=timeout_s)[1]
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rest = self.proc.communicate()[1]
-        self.stderr_lines.append(rest.decode("utf-8", "replace"))
-        self.out.close()
-        self.stdout = self.out_path.read_text(encoding="utf-8")
-        self.out_path.unlink()
-        self.stderr = "".join(self.stderr_lines)
-        self.returncode = self.proc.returncode
-        return self
-
-    def events(self):
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-def run_cli(args, timeout_s=120, env=None, **kw):
-    return subprocess.run(DBSLOWER + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout_s, env=env or ENV, **kw)
+from helpers import require, require_root
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,7 @@ def build_parser():
 
 
 def parse_args(argv):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     summary = args.hist or args.digest
     if not summary and args.interval is not None:
         raise UsageError("interval and count need --hist or --digest")

@@ -131,6 +131,13 @@ class ElfFile:
                 probes.append(UsdtProbe(provider, pname, pc, sem, args))
         return probes
 
+    def file_offset(self, vaddr):
+        """File offset of a virtual address, or None (not in the file)."""
+        for sec in self.sections:
+            if sec.type != 8 and sec.addr and sec.addr <= vaddr < sec.addr + sec.size:  # 8 = NOBITS
+                return sec.offset + (vaddr - sec.addr)
+        return None
+
     def find_bytes(self, pattern):
         """First match of a regex over the whole file (used for version strings)."""
         m = re.search(pattern, self._data)
@@ -138,8 +145,5 @@ class ElfFile:
 
     def read_at_vaddr(self, vaddr, n):
         """n bytes of file content at virtual address vaddr, or None."""
-        for sec in self.sections:
-            if sec.type != 8 and sec.addr and sec.addr <= vaddr < sec.addr + sec.size:  # 8 = NOBITS
-                off = sec.offset + (vaddr - sec.addr)
-                return bytes(self._data[off:off + n])
-        return None
+        off = self.file_offset(vaddr)
+        return None if off is None else bytes(self._data[off:off + n])

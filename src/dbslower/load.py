@@ -62,17 +62,36 @@ def preflight():
         raise PreflightFailed(problems)
 
 
+# (st_dev, st_ino, location) -> semaphore file offset, for USDT probes
+_REF_CTRS = {}
+
+
+def _file_key(path):
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _fix_bcc_attach_uprobe(lib):
     """bcc 0.26's binding declares bpf_attach_uprobe with 6 argument types,
     but libbcc's function takes a 7th, ref_ctr_offset, which is then read from
-    stack garbage and makes attaches fail at random (bcc issue #5236)."""
+    stack garbage and makes attaches fail at random (bcc issue #5236). Declare
+    all 7 and pass the semaphore's offset for USDT probes that have one
+    (bcc's Python USDT attach never does), so the kernel sets it."""
     fn = lib.bpf_attach_uprobe
-    if getattr(fn, "_dbslower_fixed", False) or len(fn.argtypes or ()) != 6:
+    if getattr(fn, "_dbslower_fixed", False):
         return
-    fn.argtypes = list(fn.argtypes) + [ct.c_uint32]
+    if len(fn.argtypes or ()) == 6:
+        fn.argtypes = list(fn.argtypes) + [ct.c_uint32]
 
     def attach(*args):
-        return fn(*args, 0) if len(args) == 6 else fn(*args)
+        if len(args) == 6:
+            path, addr = args[3], args[4]
+            key = _file_key(path.decode() if isinstance(path, bytes) else path)
+            args = args + (_REF_CTRS.get((*key, addr), 0) if key else 0,)
+        return fn(*args)
 
     attach._dbslower_fixed = True
     attach.argtypes = fn.argtypes
@@ -146,6 +165,10 @@ class Tracer:
         flags = self.plan.cflags(target)
         cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(flags.items())]
         usdt = []
+        key = _file_key(target.binary.path)
+        if key:
+            for addr, ref in target.ref_ctrs.items():
+                _REF_CTRS[(*key, addr)] = ref
         if target.method == "usdt":
             try:
                 u = bcc.USDT(pid=target.usdt_pid)

@@ -32,6 +32,7 @@ class Target:
     usdt_pid: int = 0      # a process to read USDT semaphores from
     pids: list = field(default_factory=list)   # running server processes
     notes: list = field(default_factory=list)  # what this build cannot give
+    ref_ctrs: dict = field(default_factory=dict)  # USDT location -> semaphore file offset
 
     def describe(self):
         return f"{self.method} ({self.reason})"
@@ -163,10 +164,29 @@ def plan_target(engine, path, servers):
     with ElfFile(path) as elf:
         build = _pg_target if engine == "postgres" else _mysql_target
         method, reason, probes, cflags, notes = build(binary, elf, run_pid)
+        ref_ctrs = _semaphores(elf, {p.site for p in probes if p.kind == "usdt"})
     return Target(binary, method, reason, probes, cflags,
                   source="dbslower.c",
                   usdt_pid=run_pid if method == "usdt" else 0,
-                  pids=[s.pid for s in servers], notes=notes)
+                  pids=[s.pid for s in servers], notes=notes, ref_ctrs=ref_ctrs)
+
+
+def _semaphores(elf, names):
+    """For semaphore-guarded USDT probes: each location (as a virtual address
+    and as a file offset, whichever the attach uses) -> the semaphore's file
+    offset, which the kernel then counts up in every process mapping the
+    binary (uprobe ref_ctr_offset, Linux 4.20+)."""
+    out = {}
+    for p in elf.usdt_probes():
+        if p.name in names and p.semaphore:
+            sem = elf.file_offset(p.semaphore)
+            if sem is None:
+                continue
+            out[p.pc] = sem
+            off = elf.file_offset(p.pc)
+            if off is not None:
+                out[off] = sem
+    return out
 
 
 def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV, ROOT, require, require_root, run_cli
+from helpers import ENV, ROOT, require, require_root, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import Run, run_cli
+from helpers import Run, run_cli
 from lab.logs import compare, parse_mariadb_slow_log, strip_literals, within
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ within max(10%, 0.3 ms) of the server's (parse+bind+execute summed)."""
 
 import pytest
 
-from conftest import Run
+from helpers import Run
 from lab.logs import compare, parse_pg_log, within
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ back to uprobes on exported functions; output and coverage stay the same."""
 
 import pytest
 
-from conftest import Run, require, require_root, run_cli
+from helpers import Run, require, require_root, run_cli
 from lab.logs import compare, parse_pg_log, within
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import Run, run_cli
+from helpers import Run, run_cli
 
 pytestmark = pytest.mark.integration
 

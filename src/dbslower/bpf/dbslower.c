@@ -576,9 +576,11 @@ int my_query_done(struct pt_regs *ctx)
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	u64 status = 0;
+	/* bcc reads an argument only into a variable of its exact size:
+	 * query__done(int status), per sql/probes_mysql.d */
+	int status = 0;
 	bpf_usdt_readarg(1, ctx, &status);
-	if ((int)status != 0)
+	if (status != 0)
 		v->ev.flags |= EV_FAILED;
 	v->ev.duration_ns = now - v->ev.start_ns;
 	finish_statement(&v->ev);

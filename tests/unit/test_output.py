@@ -1,0 +1,41 @@
+import io
+import json
+
+from dbslower.decode import EV_FAILED, EV_TRUNCATED, Event
+from dbslower.output import JsonWriter, TableWriter, escape_control
+
+
+def event(query="SELECT 1", flags=0, command=0):
+    ev = Event()
+    ev.engine, ev.start_ns, ev.duration_ns = "postgres", 1_795_000_000_123_456_789, 1_234_567
+    ev.conn_id, ev.fp, ev.pid, ev.tid, ev.command, ev.flags, ev.kind = None, 0, 10, 11, command, flags, 1
+    ev.db = ev.user = ev.client = ev.host = ev.application_name = None
+    ev.query = query
+    return ev
+
+
+def test_escape_control_keeps_one_line_and_no_escape_sequences():
+    s = escape_control("a\nb\tc\x1b[2J\x7f\u0085\\")
+    assert s == "a\\nb\\tc\\x1b[2J\\x7f\\x85\\\\"
+    assert "\n" not in s and "\x1b" not in s
+
+
+def test_json_writer_fields():
+    out = io.StringIO()
+    JsonWriter(out).write(event('SELECT "x", \'é\'\n', flags=EV_TRUNCATED | EV_FAILED))
+    obj = json.loads(out.getvalue())
+    assert obj["ts"] == "2026-11-18T07:06:40.123456Z" or obj["ts"].endswith(".123456Z")
+    assert obj["duration_ms"] == 1.234567 and obj["query"] == 'SELECT "x", \'é\'\n'
+    assert obj["truncated"] is True and obj["status"] == "error"
+    assert obj["engine"] == "postgres" and obj["pid"] == 10 and obj["tid"] == 11
+    assert obj["conn_id"] is None and obj["command"] is None
+
+
+def test_table_writer_one_line_with_units():
+    out = io.StringIO()
+    w = TableWriter(out)
+    w.header()
+    w.write(event("SELECT\n1", flags=EV_TRUNCATED))
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["TIME", "PID", "MS", "QUERY"]
+    assert len(lines) == 2 and lines[1].endswith("SELECT\\n1 [...]") and "1.235" in lines[1]
