@@ -201,6 +201,9 @@ def run_summary(args, plan, tracer, out, announce, stop):
         wake = min(x for x in (next_at, deadline, now + 0.2) if x is not None)
         wait_readable(fds, max(0.0, wake - now))
         drain()
+    snap, end = snapshot(), time.time_ns()
+    if args.json and args.interval and (not args.count or printed < args.count):
+        emit(interval_start, end, snap, prev)  # the partial last interval
     if args.json or not args.interval:
-        emit(run_start, time.time_ns(), snapshot(), None)
+        emit(run_start, end, snap, None)
     return 0

@@ -52,8 +52,10 @@ static __always_inline u32 fp_byte(u32 state, char c, char prev, u64 *hash, char
 		state = FP_PLAIN;
 		break;
 	case FP_NUMBER:
-		if ((c >= '0' && c <= '9') || c == '.' || c == 'x' || c == 'X' ||
-		    (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))
+		/* pt-fingerprint's number class, [0-9a-f.xb+-], minus the signs,
+		 * and as it does before lower-casing: 0x1F is "?F" to it, so the
+		 * kernel must not swallow the F either. */
+		if ((c >= '0' && c <= '9') || c == '.' || c == 'x' || (c >= 'a' && c <= 'f'))
 			return FP_NUMBER;
 		state = FP_PLAIN;
 		break;
