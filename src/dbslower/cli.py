@@ -98,6 +98,8 @@ def build_parser():
     mode.add_argument("--digest", action="store_true", help="print per-query-fingerprint digests")
     p.add_argument("--top", type=int, metavar="N",
                    help="--digest: rows to show (default 20 in the table, all in JSON; 0: all)")
+    # bench/ only: attach the same probes with handlers that do nothing
+    mode.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print the probe plan and the BPF program to stderr")
     p.add_argument("--version", action="version", version=f"dbslower {__version__}")
@@ -112,7 +114,7 @@ def parse_args(argv):
     if args.threshold is None:
         args.threshold = 0.0 if summary else 1.0
     args.pids = [p for group in (args.pid or []) for p in group]
-    args.mode = "hist" if args.hist else "digest" if args.digest else "stream"
+    args.mode = "hist" if args.hist else "digest" if args.digest else "floor" if args.floor else "stream"
     if args.top is not None and args.top < 0:
         raise UsageError("--top cannot be negative")
     if args.json and args.top is None:
@@ -134,8 +136,9 @@ def _describe_targets(plan):
 
 def banner(args, plan):
     what = {"stream": f"queries slower than {args.threshold:g} ms",
-            "hist": "query latency histograms", "digest": "query digests"}[args.mode]
-    if args.mode != "stream" and args.threshold > 0:
+            "hist": "query latency histograms", "digest": "query digests",
+            "floor": "nothing (benchmark floor: empty handlers)"}[args.mode]
+    if args.mode in ("hist", "digest") and args.threshold > 0:
         what += f" (queries of {args.threshold:g} ms or more)"
     return f"Tracing {ENGINE_LABEL[args.engine]} {what} in {_describe_targets(plan)}. Hit Ctrl-C to end."
 
@@ -190,7 +193,7 @@ def run(args, out):
         _stderr(describe_plan(plan, tracer))
     stop = StopFlag().install()
     with tracer:
-        if args.mode == "stream":
+        if args.mode in ("stream", "floor"):
             return _stream(args, plan, tracer, out, stop)
         from dbslower.summary import run_summary
         return run_summary(args, plan, tracer, out, lambda: _stderr(banner(args, plan)), stop)

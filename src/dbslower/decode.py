@@ -80,9 +80,11 @@ class RingReader:
 
 
 class Event:
+    """One decoded record. `context` is (user, db, client), shared by every
+    event of a backend (PostgreSQL process title) or record (MySQL USDT)."""
+
     __slots__ = ("engine", "start_ns", "duration_ns", "conn_id", "fp", "pid", "tid",
-                 "command", "flags", "kind", "db", "user", "host", "query", "client",
-                 "application_name")
+                 "command", "flags", "kind", "query", "context")
 
     @property
     def truncated(self):
@@ -95,6 +97,23 @@ class Event:
     @property
     def command_name(self):
         return COM_NAMES.get(self.command, str(self.command)) if self.command else None
+
+    @property
+    def user(self):
+        return self.context[0]
+
+    @property
+    def db(self):
+        return self.context[1]
+
+    @property
+    def client(self):
+        return self.context[2]
+
+    application_name = None
+
+
+NO_CONTEXT = (None, None, None)
 
 
 def _cstr(b):
@@ -131,7 +150,7 @@ class PgTitles:
             with open(f"{self.proc}/{pid}/cmdline", "rb") as f:
                 raw = f.read()
         except OSError:
-            return (None, None, None)
+            return NO_CONTEXT
         title = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         return parse_pg_title(title)
 
@@ -139,7 +158,7 @@ class PgTitles:
 def parse_pg_title(title):
     m = _TITLE_RE.match(title)
     if not m:
-        return (None, None, None)
+        return NO_CONTEXT
     return (m["user"], m["db"], m["client"])
 
 
@@ -174,16 +193,12 @@ class Decoder:
         else:
             query = query.rstrip()
         ev.query = query
-        ev.application_name = None
         if self.titles is not None:
-            ev.user, ev.db, ev.client = self.titles.get(pid, time.monotonic_ns())
-        elif self.engine == "postgres":
-            ev.user = ev.db = ev.client = None
+            ev.context = self.titles.get(pid, start_ns)
+        elif db[0] or user[0] or host[0]:
+            ev.context = (_cstr(user), _cstr(db), _cstr(host))
         else:
-            ev.db = _cstr(db) if db[0] else None
-            ev.user = _cstr(user) if user[0] else None
-            ev.client = _cstr(host) if host[0] else None
-        ev.host = ev.client
+            ev.context = NO_CONTEXT
         return ev
 
 

@@ -7,6 +7,8 @@ caller flushes once per batch.
 import json
 import time
 
+from dbslower.decode import EV_FAILED, EV_TRUNCATED
+
 # Control characters (C0, DEL, C1) would break the one-line-per-query table
 # or drive the terminal (ESC sequences): show them escaped instead.
 _ESCAPES = {i: f"\\x{i:02x}" for i in list(range(0x20)) + list(range(0x7f, 0xa0))}
@@ -45,25 +47,39 @@ class _TsCache:
 
 
 class JsonWriter:
+    """One JSON object per line. Per event it encodes only what changes per
+    statement; the fields a backend or thread shares are encoded once."""
+
     def __init__(self, out):
         self.out = out
         self.ts = _TsCache()
+        self._str = json.encoder.encode_basestring  # C implementation
         self._dumps = json.JSONEncoder(ensure_ascii=False).encode
+        self._tail = {}
 
     def header(self):
         pass
 
+    def _tail_for(self, ev):
+        key = (ev.engine, ev.pid, ev.tid, ev.command, ev.conn_id, ev.context)
+        tail = self._tail.get(key)
+        if tail is None:
+            d = self._dumps
+            user, db, client = ev.context
+            tail = (f'"engine":"{ev.engine}","pid":{ev.pid},"tid":{ev.tid},"command":{d(ev.command_name)},'
+                    f'"conn_id":{d(ev.conn_id)},"user":{d(user)},"db":{d(db)},"client":{d(client)},'
+                    f'"application_name":null}}\n')
+            if len(self._tail) > 100_000:
+                self._tail.clear()
+            self._tail[key] = tail
+        return tail
+
     def write(self, ev):
-        d = self._dumps
-        conn = "null" if ev.conn_id is None else str(ev.conn_id)
-        cmd = "null" if ev.command_name is None else f'"{ev.command_name}"'
+        flags = ev.flags
         self.out.write(
-            f'{{"ts":"{self.ts.iso(ev.start_ns)}","engine":"{ev.engine}","pid":{ev.pid},'
-            f'"tid":{ev.tid},"duration_ms":{ev.duration_ns / 1e6:.6f},'
-            f'"query":{d(ev.query)},"truncated":{"true" if ev.truncated else "false"},'
-            f'"status":"{"error" if ev.failed else "ok"}","command":{cmd},"conn_id":{conn},'
-            f'"user":{d(ev.user)},"db":{d(ev.db)},"client":{d(ev.client)},'
-            f'"application_name":{d(ev.application_name)}}}\n')
+            f'{{"ts":"{self.ts.iso(ev.start_ns)}","duration_ms":{ev.duration_ns / 1e6:.6f},'
+            f'"query":{self._str(ev.query)},"truncated":{"true" if flags & EV_TRUNCATED else "false"},'
+            f'"status":"{"error" if flags & EV_FAILED else "ok"}",{self._tail_for(ev)}')
 
 
 class TableWriter:

@@ -9,7 +9,7 @@ from dbslower.discover import Binary, inspect_binary
 from dbslower.elf import ElfFile
 from dbslower.errors import NoProbes, UsageError
 
-MODES = {"stream": 0, "hist": 1, "digest": 2}
+MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3}
 TEXT_BYTES_CHOICES = (1024, 2048, 4096, 8192)
 TRACE_SELF, TRACE_INHERIT = 1, 2
 
@@ -46,7 +46,7 @@ class Plan:
     text_bytes: int
     mode: str
     filter_pids: dict      # pid -> TRACE_*; empty: no process filter
-    ringbuf_pages: int = 2048  # 8 MiB: ~100 ms of every-query streaming at full load
+    ringbuf_pages: int = 4096  # 16 MiB: seconds of every-query streaming at full load
 
     def cflags(self, target):
         flags = {

@@ -42,6 +42,13 @@ static __always_inline u32 bounded_len(u64 len)
 	return len & (TEXT_BYTES * 2 - 1);
 }
 
+/* The benchmark's floor: the same probe sites, handlers that do nothing. */
+#if MODE == MODE_FLOOR
+#define FLOOR_RETURN() return 0
+#else
+#define FLOOR_RETURN() do {} while (0)
+#endif
+
 static __always_inline void count(int which)
 {
 	u64 *c = counters.lookup(&which);
@@ -397,6 +404,7 @@ static __always_inline int on_execute(void)
 #if USE_USDT
 int pg_status(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 text = 0;
 	bpf_usdt_readarg(1, ctx, &text);
 	on_status((const char *)text, text != 0);
@@ -406,12 +414,14 @@ int pg_status(struct pt_regs *ctx)
 
 int pg_execute(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	return on_execute();
 }
 #else
 /* pgstat_report_activity(BackendState state, const char *cmd_str) */
 int pg_status(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	int state = (int)PT_REGS_PARM1(ctx);
 	const char *text = (const char *)PT_REGS_PARM2(ctx);
 	on_status(text, state == PG_STATE_RUNNING);
@@ -422,6 +432,7 @@ int pg_status(struct pt_regs *ctx)
 /* PortalRun(Portal portal, ...) */
 int pg_execute(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	return on_execute();
 }
 #endif
@@ -429,6 +440,7 @@ int pg_execute(struct pt_regs *ctx)
 /* check_log_duration(char *msec_str, bool was_logged): end of a message */
 int pg_msg_end(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct pg_inflight *v = inflight.lookup(&tid);
@@ -441,6 +453,7 @@ int pg_msg_end(struct pt_regs *ctx)
 /* AbortCurrentTransaction(void): error recovery of the statement in flight */
 int pg_abort(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct pg_inflight *v = inflight.lookup(&tid);
 	if (v && v->window_start_ns)
@@ -534,6 +547,7 @@ static __always_inline void copy_counted(struct query_event *ev, const char *tex
 #if USE_USDT
 int my_query_start(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	if (!pid_traced(id >> 32))
@@ -571,6 +585,7 @@ int my_query_start(struct pt_regs *ctx)
 
 int my_query_done(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
@@ -605,6 +620,7 @@ static __always_inline int traced_command(u32 cmd)
 
 int my_dispatch_entry(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	if (!pid_traced(id >> 32))
@@ -643,6 +659,7 @@ int my_dispatch_entry(struct pt_regs *ctx)
 
 int my_dispatch_return(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
@@ -674,6 +691,7 @@ int my_dispatch_return(struct pt_regs *ctx)
 /* mysql_parse(THD *thd, char *rawbuf, uint length, Parser_state *) */
 int my_parse(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
@@ -709,6 +727,7 @@ int my_parse(struct pt_regs *ctx)
  * is reported is its end. */
 int my_stmt_end(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (v)
@@ -719,6 +738,7 @@ int my_stmt_end(struct pt_regs *ctx)
 /* Prepared_statement::prepare(const char *packet, uint packet_length) */
 int my_ps_prepare(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!pid_traced(tgid))
 		return 0;
@@ -747,6 +767,7 @@ int my_ps_prepare(struct pt_regs *ctx)
 /* Prepared_statement::execute(String *expanded_query, bool open_cursor) */
 int my_ps_execute(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (v && v->ev.command != COM_QUERY && !v->ps) {
@@ -759,6 +780,7 @@ int my_ps_execute(struct pt_regs *ctx)
 /* Prepared_statement::~Prepared_statement(): `this` may be reused after it */
 int my_ps_destroy(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	struct ps_key k = {.ps = PT_REGS_PARM1(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
 	ps_texts.delete(&k);
 	return 0;
@@ -767,6 +789,7 @@ int my_ps_destroy(struct pt_regs *ctx)
 /* my_message_sql(uint error, const char *str, myf MyFlags) */
 int my_error(struct pt_regs *ctx)
 {
+	FLOOR_RETURN();
 	u64 flags = PT_REGS_PARM3(ctx);
 	if (flags & (ME_NOTE | ME_WARNING))
 		return 0;

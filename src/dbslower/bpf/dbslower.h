@@ -6,7 +6,7 @@
  *   TEXT_BYTES     query bytes captured per statement (default 1024)
  *   THRESHOLD_NS   report statements at least this slow
  *   FILTER_PIDS    1: only processes listed in traced_pids (and their forks)
- *   MODE           MODE_STREAM, MODE_HIST or MODE_DIGEST
+ *   MODE           MODE_STREAM, MODE_HIST, MODE_DIGEST or MODE_FLOOR
  *   ENGINE         ENGINE_POSTGRES or ENGINE_MYSQL
  *   USE_USDT       1: USDT probes, 0: uprobes on exported functions
  * and per engine the rows of dbslower/quirks.py (PG_STATE_RUNNING, DC_*, ...).
@@ -27,6 +27,7 @@
 #define MODE_STREAM 0
 #define MODE_HIST 1
 #define MODE_DIGEST 2
+#define MODE_FLOOR 3 /* bench/: probes attached, handlers return at once */
 
 /* query_event.flags */
 #define EV_TRUNCATED 1

@@ -1,0 +1,306 @@
+"""make bench: server throughput with and without tracers, interleaved.
+
+Workloads: pgbench -S (simple and extended protocol) on PostgreSQL 15, and
+sysbench oltp_point_select on MariaDB 10.11, each 2 clients on this 2-core
+machine. Conditions: no tracer (baseline), dbslower's floor (the same probes
+with empty handlers), filter mode (threshold above every query), streaming
+every query as JSON to a file, --digest, --hist, bcc's dbslower-bpfcc where
+it works, and the server's own statement log. Each condition runs right
+after its own baseline run, `--rounds` times; ratios are to that baseline.
+Writes a Markdown table to bench/results/ and prints it.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from lab.servers import PG_BIN, MariaServer, PgServer  # noqa: E402
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+OURS = {
+    "floor": ["--floor"],
+    "filter": ["-m", "100000"],
+    "stream": ["-m", "0", "-j"],
+    "digest": ["--digest", "-j"],
+    "hist": ["--hist", "-j"],
+}
+CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "bcc", "serverlog"]
+PG_TEXT = "SELECT abalance FROM pgbench_accounts"
+MY_TEXT = "SELECT c FROM sbtest1 WHERE id="
+
+
+class Tracer:
+    """A tracer process; its CPU time and peak RSS come from wait4()."""
+
+    def __init__(self, argv, ready, out_path, ready_on_stdout=False, timeout_s=60):
+        self.out_path = out_path
+        self.out = open(out_path, "wb")
+        t0 = time.monotonic()
+        if ready_on_stdout:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+            stream = self.proc.stdout
+        else:
+            self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.PIPE, env=ENV)
+            stream = self.proc.stderr
+        self.stderr = b""
+        while time.monotonic() - t0 < timeout_s:
+            line = stream.readline()
+            if not line:
+                raise RuntimeError(f"{argv[:4]} exited before it was ready: {self.stderr.decode()[-500:]}")
+            self.stderr += line
+            if ready in line:
+                break
+        self.attach_s = time.monotonic() - t0
+        if ready_on_stdout:
+            # bcc's tool writes its events to stdout: copy them to the file.
+            import threading
+            self.pump = threading.Thread(target=self._copy, args=(stream,))
+            self.pump.start()
+        else:
+            self.pump = None
+
+    def _copy(self, stream):
+        for chunk in iter(lambda: stream.read(65536), b""):
+            self.out.write(chunk)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        if self.pump is None:
+            rest = self.proc.stderr.read()
+            self.stderr += rest
+        _, status, ru = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = status
+        if self.pump:
+            self.pump.join()
+        self.out.close()
+        self.cpu_s = ru.ru_utime + ru.ru_stime
+        self.rss_mb = ru.ru_maxrss / 1024
+        return self.out_path.read_text(errors="replace")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path("/tmp/dbslower-bench")
+        self.tmp.mkdir(exist_ok=True)
+        self.results = []
+
+    # --- workloads: (throughput per second, statements executed) ---
+    def pgbench(self, protocol):
+        r = subprocess.run([str(PG_BIN / "pgbench"), "-n", "-S", "-M", protocol, "-c", "2", "-j", "2",
+                            "-T", str(self.args.seconds)], env=self.pg.env, capture_output=True, text=True)
+        tps = float(re.search(r"tps = ([0-9.]+) \(without", r.stdout).group(1))
+        n = int(re.search(r"number of transactions actually processed: (\d+)", r.stdout).group(1))
+        return tps, n
+
+    def sysbench(self):
+        out = self.my.sysbench("oltp_point_select", "--tables=1", "--table-size=100000", "--threads=2",
+                               "--db-ps-mode=disable", f"--time={self.args.seconds}", "run")
+        m = re.search(r"queries:\s+(\d+)\s+\(([0-9.]+) per sec", out)
+        return float(m.group(2)), int(m.group(1))
+
+    # --- conditions ---
+    def start(self, workload, cond):
+        engine = "mysql" if workload == "mariadb-point" else "postgres"
+        pid = self.my.pid if engine == "mysql" else self.pg.pid
+        out = self.tmp / f"{workload}-{cond}.out"
+        if cond in OURS:
+            return Tracer([sys.executable, "-m", "dbslower", engine, "-p", str(pid), *OURS[cond]], b"Tracing", out)
+        if cond == "bcc":
+            if engine == "mysql":
+                argv = ["-x", "/usr/sbin/mariadbd"]
+            else:
+                return None  # see run(): attached to the backends once pgbench connected
+            return Tracer(["/usr/bin/python3", "-u", "/usr/sbin/dbslower-bpfcc", engine, "-m", "0", *argv],
+                          b"Tracing", out, ready_on_stdout=True)
+        if cond == "serverlog":
+            if engine == "mysql":
+                self.my.slow_log_on()
+            else:
+                self.pg.log_statements(True)
+            return "serverlog"
+        return None
+
+    def stop(self, workload, cond, tracer, statements):
+        row = {}
+        if tracer == "serverlog":
+            if workload == "mariadb-point":
+                self.my.slow_log_off()
+            else:
+                self.pg.log_statements(False)
+            return row
+        if tracer is None:
+            return row
+        text = tracer.stop()
+        row.update(cpu_s=tracer.cpu_s, rss_mb=tracer.rss_mb, attach_s=tracer.attach_s)
+        needle = MY_TEXT if workload == "mariadb-point" else PG_TEXT
+        lost = 0
+        m = re.search(rb"(\d+) events lost", tracer.stderr)
+        if m:
+            lost = int(m.group(1))
+        if cond in ("stream", "bcc"):
+            row["events"] = text.count(needle)
+        elif cond in ("digest", "hist"):
+            doc = json.loads(text.strip().splitlines()[-1])
+            lost = doc.get("lost", 0)
+            if cond == "hist":
+                row["events"] = doc["count"]
+            else:
+                fp = "select c from sbtest? where id=?" if workload == "mariadb-point" else \
+                    "select abalance from pgbench_accounts where aid = ?" if workload == "pg-simple" else \
+                    "select abalance from pgbench_accounts where aid = $1"
+                row["events"] = sum(r["calls"] for r in doc["rows"] if r["fingerprint"] == fp)
+        row["lost"] = lost
+        row["statements"] = statements
+        return row
+
+    def run_workload(self, workload):
+        if workload == "pg-simple":
+            return self.pgbench("simple")
+        if workload == "pg-extended":
+            return self.pgbench("extended")
+        return self.sysbench()
+
+    def bcc_pg(self, workload):
+        """bcc's tool attaches per PID: start pgbench, then trace its backends."""
+        proc = subprocess.Popen([str(PG_BIN / "pgbench"), "-n", "-S", "-M", "simple", "-c", "2", "-j", "2",
+                                 "-T", str(self.args.seconds + 4), "-P", "1"], env=self.pg.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        backends = subprocess.run(["pgrep", "-P", str(self.pg.pid), "-f", "postgres: .*postgres"],
+                                  capture_output=True, text=True).stdout.split()
+        out = self.tmp / f"{workload}-bcc.out"
+        tracer = Tracer(["/usr/bin/python3", "-u", "/usr/sbin/dbslower-bpfcc", "postgres", "-m", "0", "-p",
+                         *backends], b"Tracing", out, ready_on_stdout=True)
+        t_ready = time.monotonic()
+        _, err = proc.communicate()
+        row = self.stop(workload, "bcc", tracer, 0)
+        # Progress lines (stderr): "progress: 5.0 s, 12345.6 tps, ...": keep the seconds traced.
+        rates = [float(m.group(2)) for m in re.finditer(r"progress: ([0-9.]+) s, ([0-9.]+) tps", err)]
+        traced = rates[-int(self.args.seconds):] if rates else [0.0]
+        return statistics.mean(traced), row, t_ready
+
+    def measure(self, workload, cond):
+        if cond == "bcc" and workload.startswith("pg-"):
+            if workload != "pg-simple":
+                return None  # bcc's tool sees only the simple protocol
+            tps, row, _ = self.bcc_pg(workload)
+            # Statements during the traced seconds are not counted separately.
+            row["statements"] = None
+            row["events"] = None
+            return tps, row
+        tracer = self.start(workload, cond) if cond else None
+        try:
+            tps, n = self.run_workload(workload)
+        finally:
+            row = self.stop(workload, cond, tracer, 0) if cond else {}
+        if "statements" in row:
+            row["statements"] = n
+        return tps, row
+
+    def baseline_like_bcc_pg(self, workload):
+        """Baseline for the bcc PostgreSQL run, measured the same way (progress lines)."""
+        proc = subprocess.run([str(PG_BIN / "pgbench"), "-n", "-S", "-M", "simple", "-c", "2", "-j", "2",
+                               "-T", str(self.args.seconds + 4), "-P", "1"], env=self.pg.env,
+                              capture_output=True, text=True)
+        rates = [float(m.group(2)) for m in re.finditer(r"progress: ([0-9.]+) s, ([0-9.]+) tps", proc.stderr)]
+        return statistics.mean(rates[-int(self.args.seconds):])
+
+    def run(self):
+        with PgServer(settings={"max_connections": "300"}) as self.pg, MariaServer() as self.my:
+            self.pg.pgbench("-i", "-s", "10", "-q")
+            self.my.sysbench("oltp_point_select", "--tables=1", "--table-size=100000", "prepare")
+            for workload in self.args.workloads:
+                for rnd in range(self.args.rounds):
+                    for cond in self.args.conditions:
+                        if cond == "bcc" and workload == "pg-simple":
+                            base = self.baseline_like_bcc_pg(workload)
+                        else:
+                            base = self.run_workload(workload)[0]
+                        got = self.measure(workload, cond)
+                        if got is None:
+                            continue
+                        tps, row = got
+                        row.update(workload=workload, condition=cond, round=rnd, baseline=base, tps=tps,
+                                   ratio=tps / base)
+                        self.results.append(row)
+                        print(f"{workload:14} {cond:9} round {rnd}: {tps:9.0f}/s vs {base:9.0f}/s = "
+                              f"{tps / base:.3f}  {({k: v for k, v in row.items() if k in ('events', 'statements', 'lost', 'cpu_s', 'rss_mb')})}",
+                              flush=True)
+            self.attach_time = self.time_to_tracing()
+        return self.report()
+
+    def time_to_tracing(self):
+        """Seconds from start to the Tracing line with 200 idle connections open."""
+        import psycopg
+        conns = [psycopg.connect(f"host={self.pg.sock} port={self.pg.port} user=postgres dbname=postgres")
+                 for _ in range(200)]
+        try:
+            times = []
+            for _ in range(3):
+                t = Tracer([sys.executable, "-m", "dbslower", "postgres", "-m", "100000"], b"Tracing",
+                           self.tmp / "attach.out")
+                times.append(t.attach_s)
+                t.stop()
+            return times
+        finally:
+            for c in conns:
+                c.close()
+
+    def report(self):
+        lines = [f"# dbslower benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+                 f"{self.args.seconds} s per run, {self.args.rounds} rounds, each condition right after its own "
+                 "baseline run; ratio = throughput with the condition / that baseline (median over rounds). "
+                 "vs floor = ratio / the floor's ratio (same probes, empty handlers). 2 clients, 2 cores.", "",
+                 "| workload | condition | ratio | vs floor | events / statements | lost | tracer CPU s | peak RSS MB |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for workload in self.args.workloads:
+            rows = [r for r in self.results if r["workload"] == workload]
+            floor = [r["ratio"] for r in rows if r["condition"] == "floor"]
+            floor_ratio = statistics.median(floor) if floor else None
+            for cond in self.args.conditions:
+                rs = [r for r in rows if r["condition"] == cond]
+                if not rs:
+                    continue
+                ratio = statistics.median(r["ratio"] for r in rs)
+                vs_floor = f"{ratio / floor_ratio:.3f}" if floor_ratio and cond != "floor" else "-"
+                ev = [(r.get("events"), r.get("statements")) for r in rs]
+                evs = ", ".join(f"{e}/{s}" for e, s in ev if e is not None and s) or "-"
+                lost = ", ".join(str(r["lost"]) for r in rs if "lost" in r) or "-"
+                cpu = ", ".join(f"{r['cpu_s']:.1f}" for r in rs if "cpu_s" in r) or "-"
+                rss = f"{max(r['rss_mb'] for r in rs if 'rss_mb' in r):.0f}" if any("rss_mb" in r for r in rs) else "-"
+                lines.append(f"| {workload} | {cond} | {ratio:.3f} | {vs_floor} | {evs} | {lost} | {cpu} | {rss} |")
+        lines += ["", f"Time from start to the Tracing line with 200 idle PostgreSQL connections: "
+                      f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}", ""]
+        text = "\n".join(lines)
+        out = ROOT / "bench" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M')}.md"
+        out.write_text(text)
+        (ROOT / "bench" / "results" / "raw.json").write_text(json.dumps(self.results, indent=1))
+        print(text)
+        print(f"\nwritten to {out}")
+        return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--workloads", nargs="+", default=["pg-simple", "pg-extended", "mariadb-point"])
+    p.add_argument("--conditions", nargs="+", default=CONDITIONS)
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("make bench must run as root")
+    return Bench(args).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
