@@ -38,6 +38,12 @@ PG_TEXT = "SELECT abalance FROM pgbench_accounts"
 MY_TEXT = "SELECT c FROM sbtest1 WHERE id="
 
 
+def _default_signals():
+    # A background job of a non-interactive shell inherits SIGINT ignored;
+    # the tracers are stopped with SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Tracer:
     """A tracer process; its CPU time and peak RSS come from wait4()."""
 
@@ -46,10 +52,12 @@ class Tracer:
         self.out = open(out_path, "wb")
         t0 = time.monotonic()
         if ready_on_stdout:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV,
+                                         preexec_fn=_default_signals)
             stream = self.proc.stdout
         else:
-            self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.PIPE, env=ENV)
+            self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.PIPE, env=ENV,
+                                         preexec_fn=_default_signals)
             stream = self.proc.stderr
         self.stderr = b""
         while time.monotonic() - t0 < timeout_s:

@@ -76,13 +76,10 @@ def mariadb_demo():
 
         banner("MariaDB 10.11 (no USDT: uprobes): queries slower than 20 ms")
         trace(["mysql", "-m", "20", "-p", str(my.pid)], workload)
-        banner("MariaDB: every prepared-statement execution for 2 s, as JSON (first lines)")
-        out = subprocess.run(
-            f"{sys.executable} -m dbslower mysql -m 0 -j -d 3 -p {my.pid} | head -n 3",
-            shell=True, env=ENV, capture_output=True, text=True)
-        threading.Thread(target=my.sysbench, args=("oltp_point_select", "--tables=1", "--table-size=10000",
-                                                   "--db-ps-mode=auto", "--time=2", "run")).start()
-        print(out.stdout, end="")
+        banner("MariaDB: top query fingerprints (prepared statements and plain queries)")
+        trace(["mysql", "--digest", "--top", "5", "-p", str(my.pid)],
+              lambda: (my.sysbench("oltp_read_only", "--tables=1", "--table-size=10000", "--db-ps-mode=auto",
+                                   "--time=3", "--threads=2", "run")))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ KIND_QUERY, KIND_SAMPLE = 1, 2
 PAGE = mmap.PAGESIZE
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
-_U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
 
@@ -51,12 +50,18 @@ class RingReader:
         self.mask = data_bytes - 1
         self.cons = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self.data = mmap.mmap(fd, PAGE + 2 * data_bytes, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
+        # The positions are read and written as whole aligned 64-bit words
+        # (native memoryview items). struct's "<Q" goes byte by byte: a torn
+        # consumer position, seen mid-carry by a producer, looks megabytes
+        # behind, and the kernel then drops records as if the buffer were full.
+        self.cons_pos = memoryview(self.cons).cast("B").cast("Q")
+        self.prod_pos = memoryview(self.data)[:8].cast("Q")
 
     def read(self, handle):
         """Calls handle(buffer, offset, length) for each record; returns the count."""
-        data, cons_map = self.data, self.cons
-        cons = _U64.unpack_from(cons_map, 0)[0]
-        prod = _U64.unpack_from(data, 0)[0]
+        data, cons_pos = self.data, self.cons_pos
+        cons = cons_pos[0]
+        prod = self.prod_pos[0]
         n = 0
         mask = self.mask
         while cons < prod:
@@ -69,12 +74,15 @@ class RingReader:
                 handle(data, off + 8, length)
                 n += 1
             cons += (length + 8 + 7) & ~7
-            if n & 1023 == 0:
-                _U64.pack_into(cons_map, 0, cons)
-        _U64.pack_into(cons_map, 0, cons)
+            if (n & 1023) == 0:
+                # Hand space back to the producers during long batches.
+                cons_pos[0] = cons
+        cons_pos[0] = cons
         return n
 
     def close(self):
+        self.cons_pos.release()
+        self.prod_pos.release()
         self.cons.close()
         self.data.close()
 

@@ -12,22 +12,22 @@ from helpers import Run, run_cli
 pytestmark = pytest.mark.bpf
 
 
-@pytest.fixture
-def mysql_usdt():
-    exe = build("mysql_usdt.c", "mysqld", "gcc")
+def _running(source, compiler):
+    exe = build(source, "mysqld", compiler)
     f = Fixture(exe)
     yield f
     f.stop()
     shutil.rmtree(exe.parent)
+
+
+@pytest.fixture
+def mysql_usdt():
+    yield from _running("mysql_usdt.c", "gcc")
 
 
 @pytest.fixture
 def mysql57():
-    exe = build("mysql57_abi.cc", "mysqld", "g++")
-    f = Fixture(exe)
-    yield f
-    f.stop()
-    shutil.rmtree(exe.parent)
+    yield from _running("mysql57_abi.cc", "g++")
 
 
 def test_usdt_path_with_context_and_status(mysql_usdt):
