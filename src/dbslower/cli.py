@@ -203,7 +203,8 @@ def _stream(args, plan, tracer, out, stop):
     from dbslower.decode import Decoder, RingReader, wait_readable
     from dbslower.output import JsonWriter, TableWriter
 
-    decoder = Decoder(args.engine)
+    from dbslower.plan import app_name_symbols
+    decoder = Decoder(args.engine, app_name_symbols=app_name_symbols(plan))
     writer = JsonWriter(out) if args.json else TableWriter(out, context=args.context)
     readers = [RingReader(lt.ring_fd, plan.ringbuf_pages * 4096) for lt in tracer.loaded]
     fds = [r.fd for r in readers]

@@ -10,6 +10,7 @@ per event (see bench/ and issue 6).
 """
 
 import mmap
+import os
 import re
 import struct
 import time
@@ -88,8 +89,9 @@ class RingReader:
 
 
 class Event:
-    """One decoded record. `context` is (user, db, client), shared by every
-    event of a backend (PostgreSQL process title) or record (MySQL USDT)."""
+    """One decoded record. `context` is (user, db, client, application_name),
+    shared by every event of a backend (PostgreSQL) or taken from the record
+    (MySQL USDT)."""
 
     __slots__ = ("engine", "start_ns", "duration_ns", "conn_id", "fp", "pid", "tid",
                  "command", "flags", "kind", "query", "context")
@@ -118,10 +120,12 @@ class Event:
     def client(self):
         return self.context[2]
 
-    application_name = None
+    @property
+    def application_name(self):
+        return self.context[3]
 
 
-NO_CONTEXT = (None, None, None)
+NO_CONTEXT = (None, None, None, None)
 
 
 def _cstr(b):
@@ -133,15 +137,19 @@ _TITLE_RE = re.compile(r"^postgres: (?:(?P<cluster>[^ ]+): )?(?P<user>\S+) (?P<d
 
 
 class PgTitles:
-    """user, database and client of PostgreSQL backends, from their process
-    titles ("postgres: alice shop 10.0.0.5(53412) SELECT"), cached per PID
-    for a few seconds so a reused PID is re-read."""
+    """Context of PostgreSQL backends, cached per PID for a few seconds so a
+    reused PID is re-read: user, database and client from the process title
+    ("postgres: alice shop 10.0.0.5(53412) SELECT"), and application_name
+    from the backend's memory (the exported GUC variable `application_name`,
+    a char *), where the plan found that symbol."""
 
     TTL_NS = 5_000_000_000
 
-    def __init__(self, proc="/proc"):
+    def __init__(self, app_name_symbols=None, proc="/proc"):
         self.proc = proc
         self.cache = {}
+        # (st_dev, st_ino) of a server binary -> (vaddr of application_name, position-independent?)
+        self.app_name_symbols = app_name_symbols or {}
 
     def get(self, pid, now_ns):
         hit = self.cache.get(pid)
@@ -160,22 +168,53 @@ class PgTitles:
         except OSError:
             return NO_CONTEXT
         title = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        return parse_pg_title(title)
+        return parse_pg_title(title) + (self.application_name(pid),)
+
+    def application_name(self, pid):
+        if not self.app_name_symbols:
+            return None
+        try:
+            st = os.stat(f"{self.proc}/{pid}/exe")
+            spec = self.app_name_symbols.get((st.st_dev, st.st_ino))
+            if spec is None:
+                return None
+            vaddr, pie = spec
+            base = 0
+            if pie:
+                # The executable's mapping at file offset 0 is its load base.
+                with open(f"{self.proc}/{pid}/maps") as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) >= 6 and parts[2] == "00000000" and parts[4] == str(st.st_ino):
+                            base = int(parts[0].split("-")[0], 16)
+                            break
+                    else:
+                        return None
+            fd = os.open(f"{self.proc}/{pid}/mem", os.O_RDONLY)
+            try:
+                ptr = int.from_bytes(os.pread(fd, 8, base + vaddr), "little")
+                raw = os.pread(fd, 64, ptr) if ptr else b""
+            finally:
+                os.close(fd)
+        except (OSError, ValueError, OverflowError):
+            return None
+        return _cstr(raw) if raw else None
 
 
 def parse_pg_title(title):
+    """(user, db, client) from a backend's process title."""
     m = _TITLE_RE.match(title)
     if not m:
-        return NO_CONTEXT
+        return NO_CONTEXT[:3]
     return (m["user"], m["db"], m["client"])
 
 
 class Decoder:
     """Turns records into Events. One per run; per-backend work is cached."""
 
-    def __init__(self, engine, context=True):
+    def __init__(self, engine, context=True, app_name_symbols=None):
         self.engine = engine
-        self.titles = PgTitles() if engine == "postgres" and context else None
+        self.titles = PgTitles(app_name_symbols) if engine == "postgres" and context else None
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
     def decode(self, buf, off, length):
@@ -204,7 +243,7 @@ class Decoder:
         if self.titles is not None:
             ev.context = self.titles.get(pid, start_ns)
         elif db[0] or user[0] or host[0]:
-            ev.context = (_cstr(user), _cstr(db), _cstr(host))
+            ev.context = (_cstr(user), _cstr(db), _cstr(host), None)
         else:
             ev.context = NO_CONTEXT
         return ev
@@ -217,8 +256,3 @@ def wait_readable(fds, timeout_s):
         time.sleep(timeout_s)
         return
     select.select(fds, [], [], timeout_s)
-
-
-def page_align(n):
-    return (n + PAGE - 1) // PAGE * PAGE
-

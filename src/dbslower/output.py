@@ -65,10 +65,10 @@ class JsonWriter:
         tail = self._tail.get(key)
         if tail is None:
             d = self._dumps
-            user, db, client = ev.context
+            user, db, client, app = ev.context
             tail = (f'"engine":"{ev.engine}","pid":{ev.pid},"tid":{ev.tid},"command":{d(ev.command_name)},'
                     f'"conn_id":{d(ev.conn_id)},"user":{d(user)},"db":{d(db)},"client":{d(client)},'
-                    f'"application_name":null}}\n')
+                    f'"application_name":{d(app)}}}\n')
             if len(self._tail) > 100_000:
                 self._tail.clear()
             self._tail[key] = tail

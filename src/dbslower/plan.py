@@ -2,6 +2,7 @@
 the -D flags for the BPF program. Second stage; imports only discovery.
 """
 
+import os
 from dataclasses import dataclass, field
 
 from dbslower import quirks
@@ -9,6 +10,7 @@ from dbslower.discover import Binary, inspect_binary
 from dbslower.elf import ElfFile
 from dbslower.errors import NoProbes, UsageError
 
+ET_DYN = 3  # ELF type of a position-independent executable
 MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3}
 TEXT_BYTES_CHOICES = (1024, 2048, 4096, 8192)
 TRACE_SELF, TRACE_INHERIT = 1, 2
@@ -33,6 +35,7 @@ class Target:
     pids: list = field(default_factory=list)   # running server processes
     notes: list = field(default_factory=list)  # what this build cannot give
     ref_ctrs: dict = field(default_factory=dict)  # USDT location -> semaphore file offset
+    app_name_symbol: tuple = ()  # PostgreSQL: (vaddr of application_name, position-independent?)
 
     def describe(self):
         return f"{self.method} ({self.reason})"
@@ -165,10 +168,26 @@ def plan_target(engine, path, servers):
         build = _pg_target if engine == "postgres" else _mysql_target
         method, reason, probes, cflags, notes = build(binary, elf, run_pid)
         ref_ctrs = _semaphores(elf, {p.site for p in probes if p.kind == "usdt"})
+        app = elf.symbols().get(quirks.PG_APPLICATION_NAME) if engine == "postgres" else None
+        app_name_symbol = (app.value, elf.e_type == ET_DYN) if app else ()
     return Target(binary, method, reason, probes, cflags,
                   source="dbslower.c",
                   usdt_pid=run_pid if method == "usdt" else 0,
-                  pids=[s.pid for s in servers], notes=notes, ref_ctrs=ref_ctrs)
+                  pids=[s.pid for s in servers], notes=notes, ref_ctrs=ref_ctrs,
+                  app_name_symbol=app_name_symbol)
+
+
+def app_name_symbols(plan):
+    """(st_dev, st_ino) of each PostgreSQL binary -> its application_name symbol."""
+    out = {}
+    for t in plan.targets:
+        if t.app_name_symbol:
+            try:
+                st = os.stat(t.binary.path)
+            except OSError:
+                continue
+            out[(st.st_dev, st.st_ino)] = t.app_name_symbol
+    return out
 
 
 def _semaphores(elf, names):

@@ -42,6 +42,10 @@ PG_UPROBES = {
     "pgstat_report_activity": "pg_status",
     "PortalRun": "pg_execute",
 }
+# The application_name GUC (src/backend/utils/misc/guc_tables.c, guc.c before
+# PG 16): an exported `char *`, read from the backend's memory by user space.
+PG_APPLICATION_NAME = "application_name"
+
 # Called last by exec_simple_query, exec_parse_message, exec_bind_message and
 # exec_execute_message (src/backend/tcop/postgres.c, PG 12-18); it takes the
 # end time of the server's own duration log line. Used on both methods.

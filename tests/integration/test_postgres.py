@@ -58,6 +58,7 @@ def test_context_from_process_title(pg):
     e = [e for e in run.events() if e["query"] == "SELECT 'context probe'"][0]
     assert e["user"] == "postgres" and e["db"] == "postgres"
     assert e["client"].startswith("127.0.0.1(")
+    assert e["application_name"] == "probe_app"
 
 
 def test_connections_opened_after_start_and_concurrency(pg):
