@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 from lab.servers import PG_BIN, MariaServer, PgServer  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
@@ -245,6 +246,8 @@ class Bench:
                               f"{tps / base:.3f}  {({k: v for k, v in row.items() if k in ('events', 'statements', 'lost', 'cpu_s', 'rss_mb')})}",
                               flush=True)
             self.attach_time = self.time_to_tracing()
+        import probe_cost
+        self.probe_cost = probe_cost.main()
         return self.report()
 
     def time_to_tracing(self):
@@ -288,7 +291,10 @@ class Bench:
                 rss = f"{max(r['rss_mb'] for r in rs if 'rss_mb' in r):.0f}" if any("rss_mb" in r for r in rs) else "-"
                 lines.append(f"| {workload} | {cond} | {ratio:.3f} | {vs_floor} | {evs} | {lost} | {cpu} | {rss} |")
         lines += ["", f"Time from start to the Tracing line with 200 idle PostgreSQL connections: "
-                      f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}", ""]
+                      f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}", "",
+                  "Cost per statement without a database's noise (bench/probe_cost.py: a stand-in postgres "
+                  "calling the four probed functions in a backend's order, median of 5 x 200k):", "",
+                  self.probe_cost, ""]
         text = "\n".join(lines)
         out = ROOT / "bench" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M')}.md"
         out.write_text(text)

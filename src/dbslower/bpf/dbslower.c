@@ -291,6 +291,9 @@ static __always_inline void digest_tail(struct pt_regs *ctx)
  * which is what the server's log lines add up to. A window that never
  * reaches check_log_duration (an error) closes at the next report.
  *
+ * The text is read only when a statement is reported (or fails): at
+ * check_log_duration() the latest window's text is still valid.
+ *
  * Errors: the backend's error recovery in PostgresMain calls
  * AbortCurrentTransaction() before it reports idle, so a uprobe there marks
  * the open window as failed (this covers query cancels too).
@@ -302,18 +305,29 @@ static __always_inline void digest_tail(struct pt_regs *ctx)
 struct pg_inflight {
 	u64 window_start_ns; /* 0 when no message is being processed */
 	u64 pending_ns;      /* earlier windows of this statement */
+	u64 text_ptr;        /* the text reported for the latest window */
 	u8 executed;         /* a portal ran in the current window */
-	u8 has_text;
-	u8 pad[6];
+	u8 has_text;         /* the statement has started (its first window opened) */
+	u8 text_copied;      /* ev.text holds its text */
+	u8 pad[5];
 	struct query_event ev;
 };
 
 BPF_TABLE("lru_hash", u32, struct pg_inflight, inflight, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(inflight_zero, struct pg_inflight, 1);
 
+static __always_inline void copy_text(struct pg_inflight *v, const char *text);
+
 static __always_inline void end_statement(struct pg_inflight *v)
 {
 	v->ev.duration_ns = v->pending_ns;
+#if MODE != MODE_HIST
+	/* The text is read only for statements that will be reported. The
+	 * latest window's text is still valid here: check_log_duration() runs
+	 * inside the exec_* function that reported it. */
+	if (v->pending_ns >= THRESHOLD_NS && !v->text_copied)
+		copy_text(v, (const char *)v->text_ptr);
+#endif
 	finish_statement(&v->ev);
 	v->pending_ns = 0;
 	v->has_text = 0;
@@ -331,6 +345,7 @@ static __always_inline void close_window(struct pg_inflight *v, u64 now)
 
 static __always_inline void copy_text(struct pg_inflight *v, const char *text)
 {
+	v->text_copied = 1;
 	int n = bpf_probe_read_user_str(v->ev.text, TEXT_BYTES + 1, text);
 	if (n <= 0) {
 		v->ev.text_len = 0;
@@ -378,16 +393,16 @@ static __always_inline int on_status(const char *text, int running)
 	}
 	v->window_start_ns = now;
 	v->executed = 0;
+	v->text_ptr = (u64)text;
 	if (!v->has_text) {
-		/* First window of a statement: it starts here, and its text is
-		 * copied now, because a simple Query's buffer is reset before
-		 * the backend reports idle. Bind and Execute reuse it. */
+		/* First window of a statement: it starts here. */
 		v->has_text = 1;
+		v->text_copied = 0;
 		v->ev.start_ns = now;
 		v->ev.pid = tgid;
 		v->ev.tid = tid;
 		v->ev.flags = 0;
-		copy_text(v, text);
+		v->ev.text_len = 0;
 	}
 	return 0;
 }
@@ -456,8 +471,13 @@ int pg_abort(struct pt_regs *ctx)
 	FLOOR_RETURN();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct pg_inflight *v = inflight.lookup(&tid);
-	if (v && v->window_start_ns)
+	if (v && v->window_start_ns) {
 		v->ev.flags |= EV_FAILED;
+		/* Copy the text now: error recovery frees the message's memory
+		 * before the window closes. */
+		if (!v->text_copied)
+			copy_text(v, (const char *)v->text_ptr);
+	}
 	return 0;
 }
 #endif /* ENGINE_POSTGRES */
