@@ -117,6 +117,9 @@ def parse_args(argv):
     args.mode = "hist" if args.hist else "digest" if args.digest else "floor" if args.floor else "stream"
     if args.top is not None and args.top < 0:
         raise UsageError("--top cannot be negative")
+    from dbslower.plan import TEXT_BYTES_CHOICES
+    if args.text_bytes not in TEXT_BYTES_CHOICES:
+        raise UsageError(f"text size {args.text_bytes} is not one of {', '.join(map(str, TEXT_BYTES_CHOICES))}")
     if args.json and args.top is None:
         args.top = 0
     return args
