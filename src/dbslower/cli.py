@@ -8,6 +8,7 @@ import sys
 import time
 
 from dbslower import __version__
+from dbslower.discover import ENGINE_LABEL
 from dbslower.errors import DbslowerError, PreflightFailed, UsageError
 
 EXAMPLES = """examples:
@@ -21,7 +22,6 @@ EXAMPLES = """examples:
     dbslower mysql --digest 10 3     # per-fingerprint digest, 3 times 10 s
 """
 
-ENGINE_LABEL = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB"}
 
 
 def _pids(value):

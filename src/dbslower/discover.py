@@ -12,6 +12,7 @@ from dbslower.elf import ElfError, ElfFile
 from dbslower.errors import NoServer, NotAServer, UsageError
 
 ENGINES = ("postgres", "mysql")
+ENGINE_LABEL = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB"}
 PG_NAMES = ("postgres", "postmaster")
 MY_NAMES = ("mysqld", "mariadbd")
 

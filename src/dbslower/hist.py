@@ -82,7 +82,7 @@ def render(counts, width=40):
     if not rows:
         return ["     (no statements)"]
     top = max(rows.values())
-    lines = [f"{'usecs':>21} : {'count':<9} distribution"]
+    lines = [f"{'usecs':>23} : {'count':<9} distribution"]
     for p in range(0, max(rows) + 1):
         lo = 0 if p == 0 else 1 << p
         hi = (1 << (p + 1)) - 1

@@ -108,9 +108,6 @@ class LoadedTarget:
     def ring_fd(self):
         return self.bpf["events"].map_fd
 
-    def table(self, name):
-        return self.bpf[name]
-
 
 def _percpu_sums(table):
     return [sum(table[ct.c_int(i)]) for i in range(len(table))]

@@ -37,9 +37,6 @@ class Target:
     ref_ctrs: dict = field(default_factory=dict)  # USDT location -> semaphore file offset
     app_name_symbol: tuple = ()  # PostgreSQL: (vaddr of application_name, position-independent?)
 
-    def describe(self):
-        return f"{self.method} ({self.reason})"
-
 
 @dataclass
 class Plan:

@@ -12,11 +12,11 @@ import time
 
 from dbslower import hist
 from dbslower.decode import KIND_SAMPLE, Decoder, RingReader, wait_readable
+from dbslower.discover import ENGINE_LABEL
 from dbslower.fingerprint import fingerprint, fingerprint_id
 from dbslower.output import escape_control
 
 QUANTILES = (0.50, 0.95, 0.99)
-ENGINE_LABEL = {"postgres": "PostgreSQL", "mysql": "MySQL/MariaDB"}
 
 
 def _iso(ns):
