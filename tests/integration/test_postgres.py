@@ -165,7 +165,7 @@ def test_several_clusters_discovered(pg):
 
 
 def test_psycopg_prepared_and_pipeline(pg):
-    psycopg = pytest.importorskip("psycopg") if False else __import__("psycopg")
+    import psycopg
     conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
     with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
         with psycopg.connect(conninfo, autocommit=True) as conn:

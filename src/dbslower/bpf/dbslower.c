@@ -42,6 +42,25 @@ static __always_inline u32 bounded_len(u64 len)
 	return len & (TEXT_BYTES * 2 - 1);
 }
 
+/* Copies a NUL-terminated string of user memory into ev->text, marking it
+ * truncated only when there really was more (one byte past the buffer). */
+static __always_inline void copy_cstr(struct query_event *ev, const char *text)
+{
+	int n = bpf_probe_read_user_str(ev->text, TEXT_BYTES + 1, text);
+	if (n <= 0) {
+		ev->text_len = 0;
+		ev->flags |= EV_NO_TEXT;
+		return;
+	}
+	ev->text_len = n - 1;
+	if (n == TEXT_BYTES + 1) {
+		char more = 0;
+		bpf_probe_read_user(&more, 1, text + TEXT_BYTES);
+		if (more)
+			ev->flags |= EV_TRUNCATED;
+	}
+}
+
 /* The benchmark's floor: the same probe sites, handlers that do nothing. */
 #if MODE == MODE_FLOOR
 #define FLOOR_RETURN() return 0
@@ -316,7 +335,11 @@ struct pg_inflight {
 BPF_TABLE("lru_hash", u32, struct pg_inflight, inflight, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(inflight_zero, struct pg_inflight, 1);
 
-static __always_inline void copy_text(struct pg_inflight *v, const char *text);
+static __always_inline void copy_text(struct pg_inflight *v, const char *text)
+{
+	v->text_copied = 1;
+	copy_cstr(&v->ev, text);
+}
 
 static __always_inline void end_statement(struct pg_inflight *v)
 {
@@ -341,25 +364,6 @@ static __always_inline void close_window(struct pg_inflight *v, u64 now)
 	v->window_start_ns = 0;
 	if (v->executed || (v->ev.flags & EV_FAILED))
 		end_statement(v);
-}
-
-static __always_inline void copy_text(struct pg_inflight *v, const char *text)
-{
-	v->text_copied = 1;
-	int n = bpf_probe_read_user_str(v->ev.text, TEXT_BYTES + 1, text);
-	if (n <= 0) {
-		v->ev.text_len = 0;
-		v->ev.flags |= EV_NO_TEXT;
-		return;
-	}
-	v->ev.text_len = n - 1;
-	if (n == TEXT_BYTES + 1) {
-		/* The copy stopped at the buffer's end: was there more? */
-		char more = 0;
-		bpf_probe_read_user(&more, 1, text + TEXT_BYTES);
-		if (more)
-			v->ev.flags |= EV_TRUNCATED;
-	}
 }
 
 static __always_inline int on_status(const char *text, int running)
@@ -583,17 +587,7 @@ int my_query_start(struct pt_regs *ctx)
 	bpf_usdt_readarg(5, ctx, &host);
 	v->ev.conn_id = connid;
 	v->ev.command = COM_QUERY;
-	int n = bpf_probe_read_user_str(v->ev.text, TEXT_BYTES + 1, (void *)query);
-	if (n <= 0) {
-		v->ev.flags |= EV_NO_TEXT;
-		n = 1;
-	} else if (n == TEXT_BYTES + 1) {
-		char more = 0;
-		bpf_probe_read_user(&more, 1, (char *)query + TEXT_BYTES);
-		if (more)
-			v->ev.flags |= EV_TRUNCATED;
-	}
-	v->ev.text_len = n - 1;
+	copy_cstr(&v->ev, (const char *)query);
 	if (db)
 		bpf_probe_read_user_str(v->ev.db, sizeof(v->ev.db), (void *)db);
 	if (user)
