@@ -1,6 +1,7 @@
 """dbslower command line. The only module that prints or exits."""
 
 import argparse
+import contextlib
 import io
 import os
 import signal
@@ -73,7 +74,8 @@ def build_parser():
                     "live, with eBPF. Needs no server configuration change or restart.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     p.add_argument("engine", choices=["postgres", "mysql"],
-                   help="database engine (mysql covers MySQL and MariaDB)")
+                   help="database engine (mysql covers MySQL and MariaDB); "
+                        "'dbslower top' is the live view")
     p.add_argument("interval", nargs="?", type=_positive_float,
                    help="with --hist/--digest: seconds between summaries (default: one at the end)")
     p.add_argument("count", nargs="?", type=_positive_int,
@@ -106,8 +108,74 @@ def build_parser():
     return p
 
 
+TOP_EXAMPLES = """examples:
+    dbslower top                     # both engines, every server on the host
+    dbslower top postgres -p 1234    # one PostgreSQL cluster
+    dbslower top mysql -m 50         # slow pane: MySQL/MariaDB statements over 50 ms
+    dbslower top --once -i 5         # one frame over 5 s as plain text, then exit
+
+keys: t c a 5 p x e sort by total time, calls, mean, p95, p99, max, errors;
+/ filter by text, database or user; space pause; s slow pane;
++ and - double or halve the slow threshold; h help; q quit.
+"""
+
+
+def build_top_parser(add_help=True):
+    p = _Parser(
+        prog="dbslower top", add_help=add_help,
+        description="Full-screen live view of the statements taking the time, per query "
+                    "fingerprint, aggregated in the kernel and refreshed every interval.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TOP_EXAMPLES)
+    p.add_argument("engine", nargs="?", choices=["postgres", "mysql"],
+                   help="database engine (default: both, every server found)")
+    p.add_argument("-i", "--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                   help="refresh interval (default 1)")
+    p.add_argument("-m", "--threshold", type=_nonneg_float, default=100.0, metavar="MS",
+                   help="slow pane: statements at least this slow, in milliseconds (default 100)")
+    p.add_argument("-p", "--pid", type=_pids, action="append", metavar="PID",
+                   help="show only these server processes (repeat, or comma-separate)")
+    p.add_argument("-x", "--exe", metavar="PATH", help="every process running this server binary")
+    p.add_argument("-d", "--duration", type=_positive_float, metavar="SECONDS",
+                   help="stop after this many seconds")
+    p.add_argument("-s", "--text-bytes", type=int, default=1024, metavar="BYTES",
+                   help="query text captured per statement: 1024 (default), 2048, 4096 or 8192")
+    p.add_argument("--once", action="store_true",
+                   help="print one frame as plain text after one interval and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the probe plan to stderr first")
+    return p
+
+
+def build_manpage_parser():
+    """Every command in one parser, for the man page and shell completion."""
+    p = build_parser()
+    sub = p.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    sub.add_parser("top", parents=[build_top_parser(add_help=False)], add_help=False,
+                   help="full-screen live view (see dbslower top -h)",
+                   description=build_top_parser().description, epilog=TOP_EXAMPLES,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return p
+
+
+def _check_text_bytes(args):
+    from dbslower.plan import TEXT_BYTES_CHOICES
+    if args.text_bytes not in TEXT_BYTES_CHOICES:
+        raise UsageError(f"text size {args.text_bytes} is not one of {', '.join(map(str, TEXT_BYTES_CHOICES))}")
+
+
+def parse_top_args(argv):
+    args = build_top_parser().parse_args(argv)
+    args.command = "top"
+    args.pids = [p for group in (args.pid or []) for p in group]
+    args.mode = "top"
+    _check_text_bytes(args)
+    return args
+
+
 def parse_args(argv):
+    if argv and argv[0] == "top":
+        return parse_top_args(argv[1:])
     args = build_parser().parse_intermixed_args(argv)
+    args.command = "trace"
     summary = args.hist or args.digest
     if not summary and args.interval is not None:
         raise UsageError("interval and count need --hist or --digest")
@@ -117,9 +185,7 @@ def parse_args(argv):
     args.mode = "hist" if args.hist else "digest" if args.digest else "floor" if args.floor else "stream"
     if args.top is not None and args.top < 0:
         raise UsageError("--top cannot be negative")
-    from dbslower.plan import TEXT_BYTES_CHOICES
-    if args.text_bytes not in TEXT_BYTES_CHOICES:
-        raise UsageError(f"text size {args.text_bytes} is not one of {', '.join(map(str, TEXT_BYTES_CHOICES))}")
+    _check_text_bytes(args)
     if args.json and args.top is None:
         args.top = 0
     return args
@@ -181,63 +247,85 @@ class StopFlag:
         return self
 
 
-def run(args, out):
-    from dbslower.discover import find_servers
+def open_sources(args, stack, mode, engines, context=True):
+    """Discover, plan and load for each engine; the tracers detach when the
+    ExitStack closes. With several engines, one that has no server is
+    skipped, unless none has one."""
+    from dbslower.discover import find_servers_by_engine
     from dbslower.load import Tracer, preflight
+    from dbslower.pipeline import Source
     from dbslower.plan import make_plan
 
     preflight()
-    servers = find_servers(args.engine, pids=args.pids, binary=args.exe)
-    plan = make_plan(args.engine, servers, binary=args.exe, pids=args.pids,
-                     threshold_ns=int(round(args.threshold * 1e6)),
-                     text_bytes=args.text_bytes, mode=args.mode)
-    tracer = Tracer(plan)
-    if args.verbose:
-        _stderr(describe_plan(plan, tracer))
+    found = find_servers_by_engine(engines, pids=args.pids, binary=args.exe)
+    sources = []
+    for engine, servers in found.items():
+        plan = make_plan(engine, servers, binary=args.exe, pids=args.pids,
+                         threshold_ns=int(round(args.threshold * 1e6)) if mode != "top" else 0,
+                         text_bytes=args.text_bytes, mode=mode)
+        tracer = Tracer(plan)
+        if args.verbose:
+            _stderr(describe_plan(plan, tracer))
+        stack.enter_context(tracer)
+        sources.append(Source(plan, tracer, context=context))
+    return sources
+
+
+def run(args, out):
+    from dbslower.pipeline import Pipeline
+
     stop = StopFlag().install()
-    with tracer:
-        if args.mode in ("stream", "floor"):
-            return _stream(args, plan, tracer, out, stop)
-        from dbslower.summary import run_summary
-        return run_summary(args, plan, tracer, out, lambda: _stderr(banner(args, plan)), stop)
-
-
-def _stream(args, plan, tracer, out, stop):
-    from dbslower.decode import Decoder, RingReader, wait_readable
-    from dbslower.output import JsonWriter, TableWriter
-
-    from dbslower.plan import app_name_symbols
-    decoder = Decoder(args.engine, app_name_symbols=app_name_symbols(plan))
-    writer = JsonWriter(out) if args.json else TableWriter(out, context=args.context)
-    readers = [RingReader(lt.ring_fd, plan.ringbuf_pages * 4096) for lt in tracer.loaded]
-    fds = [r.fd for r in readers]
-    decode, write = decoder.decode, writer.write
-
-    def handle(buf, off, length):
-        write(decode(buf, off, length))
-
-    _stderr(banner(args, plan))
-    writer.header()
-    deadline = time.monotonic() + args.duration if args.duration else None
-    while not stop.set:
-        got = sum(r.read(handle) for r in readers)
-        if got:
-            out.flush()
-        now = time.monotonic()
-        if deadline and now >= deadline:
-            break
-        timeout = 0.2 if deadline is None else min(0.2, deadline - now)
-        if got:
-            # Let records accumulate: fewer, larger batches cost less CPU.
-            time.sleep(min(0.01, timeout))
+    with contextlib.ExitStack() as stack:
+        sources = open_sources(args, stack, args.mode, [args.engine],
+                               context=args.mode in ("stream", "floor"))
+        plan = sources[0].plan
+        if args.mode == "hist":
+            from dbslower.summary import HistSink
+            sinks = [HistSink(out, args.json, args.interval)]
+        elif args.mode == "digest":
+            from dbslower.summary import DigestSink
+            sinks = [DigestSink(out, args.json, args.interval, args.top)]
         else:
-            wait_readable(fds, timeout)
-    for r in readers:
-        r.read(handle)
-    out.flush()
-    lost = tracer.counters()[0] if tracer.counters() else 0
-    if lost:
-        _stderr(f"dbslower: {lost} events lost (ring buffer full)")
+            from dbslower.output import JsonWriter, TableWriter
+            sinks = [JsonWriter(out) if args.json else TableWriter(out, context=args.context)]
+        pipeline = Pipeline(sources, sinks, interval_s=args.interval, count=args.count,
+                            duration_s=args.duration, notify=lambda line: _stderr(f"dbslower: {line}"))
+        _stderr(banner(args, plan))
+        pipeline.run(stop)
+        out.flush()
+        lost = pipeline.loss_line()
+        if lost and args.mode in ("stream", "floor"):
+            _stderr(f"dbslower: {lost}")
+    return 0
+
+
+def run_top(args, out):
+    import shutil
+
+    from dbslower.pipeline import Pipeline
+    from dbslower.top import Frame, OnceSink, ScreenSink
+
+    if not args.once and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("dbslower top needs a terminal", "use --once for plain text")
+    engines = [args.engine] if args.engine else ["postgres", "mysql"]
+    stop = StopFlag().install()
+    with contextlib.ExitStack() as stack:
+        sources = open_sources(args, stack, "top", engines)
+
+        def set_slow_ns(ns):
+            for src in sources:
+                src.tracer.set_slow_threshold(ns)
+        set_slow_ns(int(round(args.threshold * 1e6)))
+        frame = Frame([s.engine for s in sources], args.interval, args.threshold)
+        what = " and ".join(f"{ENGINE_LABEL[s.engine]} in {_describe_targets(s.plan)}" for s in sources)
+        _stderr(f"Tracing {what} for a live view. Hit Ctrl-C to end.")
+        if args.once:
+            sink = OnceSink(frame, out, shutil.get_terminal_size((120, 40)).columns)
+        else:
+            sink = ScreenSink(frame, set_slow_ns)
+            stack.callback(sink.close)
+        Pipeline(sources, [sink], interval_s=args.interval, count=1 if args.once else None,
+                 duration_s=args.duration).run(stop)
     return 0
 
 
@@ -247,7 +335,7 @@ def main(argv=None):
                            write_through=False, line_buffering=False) if hasattr(sys.stdout, "buffer") else sys.stdout
     try:
         args = parse_args(argv)
-        return run(args, out)
+        return run_top(args, out) if args.command == "top" else run(args, out)
     except PreflightFailed as e:
         for p in e.problems:
             _stderr(f"dbslower: {p.line()}")

@@ -195,3 +195,47 @@ def inspect_binary(path, engine, datadir=""):
             parts = raw.decode().strip().split(".")
             return Binary(path, engine, "postgresql", (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0), "PG_VERSION")
     return Binary(path, engine, "postgresql")
+
+
+def engine_of(proc):
+    """The engine a process runs, or None."""
+    return next((e for e in ENGINES if _is_engine_process(e, proc)), None)
+
+
+def find_servers_by_engine(engines, pids=None, binary=None, procs=None):
+    """{engine: servers} for each engine that has something to trace.
+
+    With one engine this is find_servers(). With several (top, serve), PIDs
+    go to the engine each one runs, an -x binary to the engine it is for,
+    and an engine with no server is left out; NoServer only when none has one.
+    """
+    if len(engines) == 1:
+        return {engines[0]: find_servers(engines[0], pids=pids, binary=binary, procs=procs)}
+    procs = list_processes() if procs is None else procs
+    out = {}
+    if pids:
+        for pid in pids:
+            p = procs.get(pid)
+            if p is None:
+                raise NotAServer(f"no process with PID {pid}", "check the PID with 'ps -p PID'")
+            engine = engine_of(p)
+            if engine is None:
+                raise NotAServer(f"PID {pid} ({p.comm}) is not a PostgreSQL, MySQL or MariaDB server")
+            out.setdefault(engine, []).append(pid)
+        return {e: find_servers(e, pids=ps, procs=procs) for e, ps in out.items()}
+    if binary:
+        name = os.path.basename(os.path.realpath(binary))
+        engine = "postgres" if name in PG_NAMES else "mysql" if name in MY_NAMES else None
+        if engine is None:
+            raise UsageError(f"{binary}: cannot tell which engine this binary is for",
+                             "name the engine: dbslower top postgres -x PATH")
+        return {engine: find_servers(engine, binary=binary, procs=procs)}
+    for engine in engines:
+        try:
+            out[engine] = find_servers(engine, procs=procs)
+        except NoServer:
+            pass
+    if not out:
+        raise NoServer("no running PostgreSQL postmaster, mysqld or mariadbd process found",
+                       "start a server, or give its binary with -x PATH")
+    return out

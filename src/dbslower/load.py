@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dbslower.discover import list_processes
 from dbslower.errors import AttachFailed, NoBPF, NoHeaders, NotRoot, PreflightFailed
-from dbslower.plan import TRACE_INHERIT, TRACE_SELF
+from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -184,7 +184,7 @@ class Tracer:
             raise AttachFailed(f"cannot load the BPF program for {target.binary.path}: {e}",
                                "run with -v to see the program; check the kernel headers") from e
         try:
-            if self.plan.mode == "digest":
+            if self.plan.mode in DIGEST_MODES:
                 chunk = b.load_func(b"fp_chunk", bcc.BPF.KPROBE)
                 b["fp_chain"][ct.c_int(0)] = ct.c_int(chunk.fd)
             for p in target.probes:
@@ -218,6 +218,12 @@ class Tracer:
             c = _percpu_sums(lt.bpf["counters"])
             total = c if total is None else [a + b for a, b in zip(total, c)]
         return total or []
+
+    def set_slow_threshold(self, threshold_ns):
+        """top: stream statements at least this slow (the map holds ns + 1,
+        so that 0 can mean "not set yet": nothing is streamed before this)."""
+        for lt in self.loaded:
+            lt.bpf["slow_ns"][ct.c_int(0)] = ct.c_uint64(threshold_ns + 1)
 
     def read_hist(self):
         """Cumulative ({bucket: count}, failed, max_ns) over every program."""

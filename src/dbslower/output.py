@@ -57,8 +57,11 @@ class JsonWriter:
         self._dumps = json.JSONEncoder(ensure_ascii=False).encode
         self._tail = {}
 
-    def header(self):
+    def start(self):
         pass
+
+    def flush(self):
+        self.out.flush()
 
     def _tail_for(self, ev):
         key = (ev.engine, ev.pid, ev.tid, ev.command, ev.conn_id, ev.context)
@@ -74,7 +77,7 @@ class JsonWriter:
             self._tail[key] = tail
         return tail
 
-    def write(self, ev):
+    def on_event(self, ev):
         flags = ev.flags
         self.out.write(
             f'{{"ts":"{self.ts.iso(ev.start_ns)}","duration_ms":{ev.duration_ns / 1e6:.6f},'
@@ -88,14 +91,17 @@ class TableWriter:
         self.context = context
         self.ts = _TsCache()
 
-    def header(self):
+    def flush(self):
+        self.out.flush()
+
+    def start(self):
         if self.context:
             self.out.write(f"{'TIME':<9} {'PID':<7} {'MS':>10} {'STATUS':<6} {'USER':<12} {'DB':<12} {'CLIENT':<21} QUERY\n")
         else:
             self.out.write(f"{'TIME':<9} {'PID':<7} {'MS':>10} QUERY\n")
         self.out.flush()
 
-    def write(self, ev):
+    def on_event(self, ev):
         q = escape_control(ev.query)
         if ev.truncated:
             q += " [...]"

@@ -11,7 +11,10 @@ from dbslower.elf import ElfFile
 from dbslower.errors import NoProbes, UsageError
 
 ET_DYN = 3  # ELF type of a position-independent executable
-MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3}
+# Plan mode -> the BPF program's MODE; "top" is a digest that also streams
+# the statements over an adjustable threshold (SLOW_EVENTS).
+MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3, "top": 2}
+DIGEST_MODES = ("digest", "top")
 TEXT_BYTES_CHOICES = (1024, 2048, 4096, 8192)
 TRACE_SELF, TRACE_INHERIT = 1, 2
 
@@ -53,6 +56,7 @@ class Plan:
             "TEXT_BYTES": self.text_bytes,
             "THRESHOLD_NS": f"{self.threshold_ns}ULL",
             "MODE": MODES[self.mode],
+            "SLOW_EVENTS": 1 if self.mode == "top" else 0,
             "FILTER_PIDS": 1 if self.filter_pids else 0,
             "DQUOTE_IS_STRING": 1 if self.engine == "mysql" else 0,
             "RINGBUF_PAGES": self.ringbuf_pages,

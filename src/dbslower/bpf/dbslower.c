@@ -24,6 +24,9 @@
 #ifndef INFLIGHT_ENTRIES
 #define INFLIGHT_ENTRIES 8192
 #endif
+#ifndef SLOW_EVENTS
+#define SLOW_EVENTS 0
+#endif
 #ifndef DIGEST_ENTRIES
 #define DIGEST_ENTRIES 16384
 #endif
@@ -144,6 +147,12 @@ struct fp_work {
 };
 BPF_PERCPU_ARRAY(fp_work, struct fp_work, 1);
 BPF_PROG_ARRAY(fp_chain, 1);
+#if SLOW_EVENTS
+/* top: statements at least slow_ns[0] - 1 ns long are also streamed, with
+ * their fingerprint; 0 means not set yet. A map, not a -D flag, so the
+ * threshold can change while the program runs. */
+BPF_ARRAY(slow_ns, u64, 1);
+#endif
 #endif
 
 /*
@@ -217,6 +226,17 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 		st->max_ns = ev->duration_ns;
 	if (ev->flags & EV_FAILED)
 		__sync_fetch_and_add(&st->failed, 1);
+#if SLOW_EVENTS
+	u32 slot = 0;
+	u64 *slow = slow_ns.lookup(&slot);
+	if (slow && *slow && ev->duration_ns + 1 >= *slow) {
+		ev->kind = KIND_QUERY;
+		ev->fp = fp;
+		u32 n = bounded_len(ev->text_len);
+		if (events.ringbuf_output(ev, offsetof(struct query_event, text) + n, 0) < 0)
+			count(CTR_LOST_EVENTS);
+	}
+#endif
 	struct hist_key hk = {.fp = fp, .bucket = hist_bucket(ev->duration_ns)};
 	u64 one = 1;
 	u64 *hc = digest_hist.lookup(&hk);

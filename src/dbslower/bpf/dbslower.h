@@ -9,6 +9,7 @@
  *   MODE           MODE_STREAM, MODE_HIST, MODE_DIGEST or MODE_FLOOR
  *   ENGINE         ENGINE_POSTGRES or ENGINE_MYSQL
  *   USE_USDT       1: USDT probes, 0: uprobes on exported functions
+ *   SLOW_EVENTS    1 (top): digest mode also streams statements over slow_ns
  * and per engine the rows of dbslower/quirks.py (PG_STATE_RUNNING, DC_*, ...).
  */
 #ifndef DBSLOWER_H

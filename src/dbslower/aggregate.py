@@ -1,0 +1,148 @@
+"""Aggregates read from the kernel, turned into per-interval reports.
+
+Fifth stage (after decode): the kernel keeps cumulative counters (bpf/
+dbslower.c, finish_statement and digest_update); a report is the difference
+between two reads, so nothing is lost between intervals. Used by every sink
+that shows summaries: --hist, --digest, top (and the metrics endpoint).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from dbslower import hist
+from dbslower.fingerprint import fingerprint, fingerprint_id
+
+QUANTILES = (0.50, 0.95, 0.99)
+CONTEXTS_PER_FINGERPRINT = 8  # (user, db) pairs remembered per fingerprint, for filtering
+
+
+def iso(ns):
+    sec, rem = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{rem // 1000:06d}Z"
+
+
+def ms(ns):
+    return None if ns is None else round(ns / 1e6, 6)
+
+
+class DigestBook:
+    """Kernel fingerprints merged into user-space fingerprints, with the
+    sample text of each and the (user, db) contexts it was seen in."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.samples = {}   # kernel fp -> sample text
+        self.user_fp = {}   # kernel fp -> user fingerprint
+        self.contexts = {}  # kernel fp -> [(user, db), ...]
+
+    def add_sample(self, ev):
+        if ev.fp not in self.samples:
+            self.samples[ev.fp] = ev.query
+            self.user_fp.pop(ev.fp, None)
+        self.add_context(ev)
+
+    def add_context(self, ev):
+        seen = self.contexts.setdefault(ev.fp, [])
+        ctx = (ev.context[0], ev.context[1])
+        if ctx != (None, None) and ctx not in seen and len(seen) < CONTEXTS_PER_FINGERPRINT:
+            seen.append(ctx)
+
+    def group(self, kfp):
+        fp = self.user_fp.get(kfp)
+        if fp is None:
+            sample = self.samples.get(kfp)
+            if sample is None:
+                return f"(text not captured: kernel fingerprint {kfp:#018x})"
+            fp = fingerprint(self.engine, sample)
+            self.user_fp[kfp] = fp
+        return fp
+
+    def rows(self, stats, hists, prev_stats=None, prev_hists=None):
+        """Rows for the counts since the previous snapshot (or all), most
+        total time first. Each row keeps its bucket counts under "hist"."""
+        prev_stats = prev_stats or {}
+        prev_hists = prev_hists or {}
+        groups = {}
+        for kfp, (calls, total_ns, max_ns, failed) in stats.items():
+            p = prev_stats.get(kfp, (0, 0, 0, 0))
+            d_calls = calls - p[0]
+            if d_calls <= 0:
+                continue
+            key = self.group(kfp)
+            g = groups.setdefault(key, {"calls": 0, "total_ns": 0, "failed": 0, "hist": {},
+                                        "sample": self.samples.get(kfp), "max_cum": 0, "contexts": []})
+            g["calls"] += d_calls
+            g["total_ns"] += total_ns - p[1]
+            g["failed"] += failed - p[3]
+            g["max_cum"] = max(g["max_cum"], max_ns)
+            for ctx in self.contexts.get(kfp, ()):
+                if ctx not in g["contexts"]:
+                    g["contexts"].append(ctx)
+            h = hist.diff(hists.get(kfp, {}), prev_hists.get(kfp, {}))
+            for b, n in h.items():
+                g["hist"][b] = g["hist"].get(b, 0) + n
+        rows = []
+        grand_total = sum(g["total_ns"] for g in groups.values()) or 1
+        for fp, g in groups.items():
+            approx = hist.approx_max(g["hist"])
+            max_ns = g["max_cum"] if approx is None else min(g["max_cum"], approx)
+            p50, p95, p99 = hist.percentiles(g["hist"], QUANTILES, max_ns)
+            rows.append({
+                "fingerprint_id": fingerprint_id(fp), "fingerprint": fp, "calls": g["calls"],
+                "failed": g["failed"], "total_ms": ms(g["total_ns"]),
+                "pct": round(100.0 * g["total_ns"] / grand_total, 2),
+                "mean_ms": ms(g["total_ns"] / g["calls"]), "p50_ms": ms(p50), "p95_ms": ms(p95),
+                "p99_ms": ms(p99), "max_ms": ms(max_ns), "sample": g["sample"],
+                "contexts": g["contexts"], "hist": g["hist"],
+            })
+        rows.sort(key=lambda r: (-r["total_ms"], r["fingerprint_id"]))
+        for i, r in enumerate(rows, 1):
+            r["rank"] = i
+        return rows
+
+
+@dataclass
+class Report:
+    """What one engine did over one period (an interval, or the whole run)."""
+    engine: str
+    start_ns: int
+    end_ns: int
+    lost: int                   # events lost in this period, every reason
+    hist: dict                  # bucket -> count, every statement of the period
+    failed: int
+    max_ns: int
+    rows: list = field(default_factory=list)  # digest rows (digest and top modes)
+    method: str = ""
+
+    @property
+    def count(self):
+        return sum(self.hist.values())
+
+    def percentiles(self):
+        return hist.percentiles(self.hist, QUANTILES, self.max_ns or None)
+
+    def seconds(self):
+        return max((self.end_ns - self.start_ns) / 1e9, 1e-9)
+
+
+def hist_report(engine, start_ns, end_ns, lost, snap, prev):
+    """Report from cumulative --hist snapshots (counts, failed, max_ns)."""
+    counts, failed, max_ns = snap
+    if prev:
+        counts = hist.diff(counts, prev[0])
+        failed -= prev[1]
+        approx = hist.approx_max(counts)
+        max_ns = min(max_ns, approx) if approx else 0
+    return Report(engine, start_ns, end_ns, lost, counts, failed, max_ns)
+
+
+def digest_report(engine, book, start_ns, end_ns, lost, snap, prev):
+    """Report from cumulative digest snapshots ({fp: stats}, {fp: {bucket: n}})."""
+    rows = book.rows(snap[0], snap[1], *(prev or (None, None)))
+    merged, failed, max_ns = {}, 0, 0
+    for r in rows:
+        for b, n in r["hist"].items():
+            merged[b] = merged.get(b, 0) + n
+        failed += r["failed"]
+        max_ns = max(max_ns, int(r["max_ms"] * 1e6) if r["max_ms"] is not None else 0)
+    return Report(engine, start_ns, end_ns, lost, merged, failed, max_ns, rows)
