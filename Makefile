@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test unit demo bench clean
+.PHONY: setup test unit demo bench man deb soak clean
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +15,13 @@ unit: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+man: setup
+	$(PY) scripts/manpage.py build/dbslower.1
+
+# build/dbslower_<version>_all.deb (Debian's python3-bpfcc; see scripts/build_deb.sh)
+deb: setup
+	bash scripts/build_deb.sh
 
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)

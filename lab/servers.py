@@ -124,6 +124,7 @@ class PgServer:
         args = [str(self.bindir / "postgres"), "-D", str(self.data)]
         for k, v in opts.items():
             args += ["-c", f"{k}={v}"]
+        self._args = args
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(args, preexec_fn=_as_user(self.user), stdout=logf,
                                      stderr=subprocess.STDOUT, env=self.env, cwd=self.dir)
@@ -163,6 +164,25 @@ class PgServer:
         if r.returncode:
             raise ServerError(f"pgbench failed: {r.stderr[-2000:]}")
         return r.stdout
+
+    def restart(self):
+        """Stops the postmaster and starts a new one on the same data directory."""
+        self.shutdown()
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(self._args, preexec_fn=_as_user(self.user), stdout=logf,
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=self.dir)
+        wait_for(lambda: self._ready(), 60, "PostgreSQL to accept connections after a restart")
+        return self
+
+    def shutdown(self):
+        """Stops the postmaster, keeping the data directory."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -19,7 +19,9 @@ fi
 PKGS="bpfcc-tools python3-bpfcc python3-venv linux-headers-amd64
 postgresql-15 postgresql-client-15 postgresql-contrib
 mariadb-server mariadb-client sysbench percona-toolkit
-systemtap-sdt-dev gcc g++ make procps"
+systemtap-sdt-dev gcc g++ make procps
+python3-prometheus-client python3-argparse-manpage python3-argcomplete
+prometheus tmux systemd man-db util-linux dpkg-dev"
 
 missing=""
 for p in $PKGS; do

@@ -1,3 +1,3 @@
 """dbslower: live slow-query tracing for PostgreSQL and MySQL/MariaDB with eBPF."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

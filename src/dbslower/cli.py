@@ -1,4 +1,5 @@
 """dbslower command line. The only module that prints or exits."""
+# PYTHON_ARGCOMPLETE_OK
 
 import argparse
 import contextlib
@@ -45,6 +46,14 @@ def _nonneg_float(value):
     return v
 
 
+def _threshold_ms(value):
+    """A threshold in ms: at most an hour, so its ns fit the kernel's u64."""
+    v = _nonneg_float(value)
+    if v > 3_600_000:
+        raise argparse.ArgumentTypeError(f"must be at most 3600000 ms (an hour): {value!r}")
+    return v
+
+
 def _positive_float(value):
     v = _nonneg_float(value)
     if v == 0:
@@ -67,20 +76,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, "see 'dbslower -h'")
 
 
-def build_parser():
+def build_parser(engine=True, add_help=True):
     p = _Parser(
-        prog="dbslower",
+        prog="dbslower", add_help=add_help,
         description="Trace PostgreSQL and MySQL/MariaDB queries slower than a threshold, "
                     "live, with eBPF. Needs no server configuration change or restart.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
-    p.add_argument("engine", choices=["postgres", "mysql"],
-                   help="database engine (mysql covers MySQL and MariaDB); "
-                        "'dbslower top' is the live view")
+    if engine:
+        p.add_argument("engine", choices=["postgres", "mysql"],
+                       help="database engine (mysql covers MySQL and MariaDB); "
+                            "'dbslower top' is the live view")
     p.add_argument("interval", nargs="?", type=_positive_float,
                    help="with --hist/--digest: seconds between summaries (default: one at the end)")
     p.add_argument("count", nargs="?", type=_positive_int,
                    help="with --hist/--digest: number of summaries")
-    p.add_argument("-m", "--threshold", type=_nonneg_float, metavar="MS",
+    p.add_argument("-m", "--threshold", type=_threshold_ms, metavar="MS",
                    help="report queries at least this slow, in milliseconds "
                         "(default 1; 0 traces every query; default 0 with --hist/--digest)")
     p.add_argument("-p", "--pid", type=_pids, action="append", metavar="PID",
@@ -130,7 +140,7 @@ def build_top_parser(add_help=True):
                    help="database engine (default: both, every server found)")
     p.add_argument("-i", "--interval", type=_positive_float, default=1.0, metavar="SECONDS",
                    help="refresh interval (default 1)")
-    p.add_argument("-m", "--threshold", type=_nonneg_float, default=100.0, metavar="MS",
+    p.add_argument("-m", "--threshold", type=_threshold_ms, default=100.0, metavar="MS",
                    help="slow pane: statements at least this slow, in milliseconds (default 100)")
     p.add_argument("-p", "--pid", type=_pids, action="append", metavar="PID",
                    help="show only these server processes (repeat, or comma-separate)")
@@ -145,6 +155,64 @@ def build_top_parser(add_help=True):
     return p
 
 
+SERVE_EXAMPLES = """examples:
+    dbslower serve                   # every server on the host; metrics on 127.0.0.1:9479
+    dbslower serve --log - -m 250    # also log statements over 250 ms as JSON lines to stdout
+    dbslower serve --config /etc/dbslower/dbslower.toml
+    dbslower serve --check           # load and attach everything, print the plan, detach
+    dbslower serve --listen 0.0.0.0:9479   # reachable from other hosts: asked for explicitly
+
+The configuration file is TOML with the long option names as keys
+(threshold, listen, log, pid, exe, redact, ...); options given on the
+command line win. SIGHUP reopens the log file; SIGTERM detaches and exits 0.
+"""
+
+
+def build_serve_parser(add_help=True):
+    from dbslower.serve import DEFAULT_LISTEN
+    p = _Parser(
+        prog="dbslower serve", add_help=add_help,
+        description="Run as an always-on agent: trace every PostgreSQL and MySQL/MariaDB server "
+                    "on the host, follow servers that start, restart or go away, serve "
+                    "Prometheus metrics and log slow statements.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SERVE_EXAMPLES)
+    p.add_argument("-m", "--threshold", type=_threshold_ms, metavar="MS",
+                   help="log statements at least this slow, in milliseconds (default 100)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help=f"metrics endpoint address (default {DEFAULT_LISTEN}, loopback only)")
+    p.add_argument("--log", metavar="PATH", help="slow-statement log: a file, or - for stdout (default: none)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration; options given here win over it")
+    p.add_argument("--check", action="store_true",
+                   help="load and attach to every server found, print the plan, detach and exit")
+    p.add_argument("-p", "--pid", type=_pids, action="append", metavar="PID",
+                   help="trace only these servers (a PostgreSQL postmaster is followed across restarts "
+                        "by its data directory)")
+    p.add_argument("-x", "--exe", metavar="PATH", help="trace only processes running this server binary")
+    red = p.add_mutually_exclusive_group()
+    red.add_argument("--redact", dest="redact", action="store_true", default=None,
+                     help="replace literals in logged text with ? (the default)")
+    red.add_argument("--no-redact", dest="redact", action="store_false",
+                     help="log statement text as the server received it")
+    p.add_argument("--interval", type=_positive_float, metavar="SECONDS",
+                   help="seconds between reads of the kernel's aggregates (default 1)")
+    p.add_argument("--rediscover", type=_positive_float, metavar="SECONDS",
+                   help="seconds between looks for new, restarted or vanished servers (default 2)")
+    p.add_argument("-s", "--text-bytes", type=int, metavar="BYTES",
+                   help="query text captured per statement: 1024 (default), 2048, 4096 or 8192")
+    p.add_argument("--log-rate", type=int, metavar="N",
+                   help="log at most N slow statements a second; the rest are counted (default 1000)")
+    p.add_argument("--fingerprint-metrics", action="store_true", default=None,
+                   help="also export dbslower_query_duration_seconds per query fingerprint")
+    p.add_argument("--top-fingerprints", type=_positive_int, metavar="K",
+                   help="with --fingerprint-metrics: the K fingerprints with the most total time (default 50)")
+    p.add_argument("--fingerprint-ttl", type=_positive_float, metavar="SECONDS",
+                   help="with --fingerprint-metrics: drop a fingerprint's series after this long unseen (default 600)")
+    p.add_argument("--container-label", action="store_true", default=None,
+                   help="add a container_id label to db_server_operation_duration_seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each probe plan to stderr")
+    return p
+
+
 def build_manpage_parser():
     """Every command in one parser, for the man page and shell completion."""
     p = build_parser()
@@ -153,7 +221,36 @@ def build_manpage_parser():
                    help="full-screen live view (see dbslower top -h)",
                    description=build_top_parser().description, epilog=TOP_EXAMPLES,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_parser("serve", parents=[build_serve_parser(add_help=False)], add_help=False,
+                   help="always-on agent: Prometheus metrics and a slow-statement log (see dbslower serve -h)",
+                   description=build_serve_parser().description, epilog=SERVE_EXAMPLES,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     return p
+
+
+def build_completion_parser():
+    """The command line as bash completion sees it: the engines and the
+    commands as first word, then each one's options (argcomplete)."""
+    p = _Parser(prog="dbslower")
+    sub = p.add_subparsers(dest="command")
+    for engine in ("postgres", "mysql"):
+        sub.add_parser(engine, parents=[build_parser(engine=False, add_help=False)])
+    sub.add_parser("top", parents=[build_top_parser(add_help=False)])
+    sub.add_parser("serve", parents=[build_serve_parser(add_help=False)])
+    return p
+
+
+def parse_serve_args(argv):
+    from dbslower.serve import load_config, merge_settings
+    args = build_serve_parser().parse_args(argv)
+    flags = {k: getattr(args, k) for k in ("threshold", "listen", "log", "exe", "redact", "interval",
+                                            "rediscover", "text_bytes", "log_rate", "fingerprint_metrics",
+                                            "top_fingerprints", "fingerprint_ttl", "container_label")}
+    flags["pid"] = [p for group in args.pid for p in group] if args.pid else None
+    config = load_config(args.config) if args.config else {}
+    args.settings = merge_settings(config, flags)
+    args.command = "serve"
+    return args
 
 
 def _check_text_bytes(args):
@@ -174,6 +271,8 @@ def parse_top_args(argv):
 def parse_args(argv):
     if argv and argv[0] == "top":
         return parse_top_args(argv[1:])
+    if argv and argv[0] == "serve":
+        return parse_serve_args(argv[1:])
     args = build_parser().parse_intermixed_args(argv)
     args.command = "trace"
     summary = args.hist or args.digest
@@ -212,7 +311,7 @@ def banner(args, plan):
     return f"Tracing {ENGINE_LABEL[args.engine]} {what} in {_describe_targets(plan)}. Hit Ctrl-C to end."
 
 
-def describe_plan(plan, tracer):
+def describe_plan(plan, tracer, program=True):
     lines = [f"dbslower {__version__}: probe plan for {ENGINE_LABEL[plan.engine]}"]
     for t in plan.targets:
         ver = ".".join(map(str, t.binary.version)) if t.binary.version else "unknown"
@@ -225,7 +324,7 @@ def describe_plan(plan, tracer):
         lines.append(f"    processes: {', '.join(map(str, t.pids)) or 'none yet'}")
     if plan.filter_pids:
         lines.append(f"  kernel PID filter: {', '.join(map(str, sorted(plan.filter_pids)))} (and their new backends)")
-    for t in plan.targets:
+    for t in plan.targets if program else ():
         lines.append(f"----- BPF program for {t.binary.path} -----")
         lines.append(tracer.program_text(t))
     return "\n".join(lines)
@@ -252,21 +351,19 @@ def open_sources(args, stack, mode, engines, context=True):
     ExitStack closes. With several engines, one that has no server is
     skipped, unless none has one."""
     from dbslower.discover import find_servers_by_engine
-    from dbslower.load import Tracer, preflight
+    from dbslower.load import load_plan, preflight
     from dbslower.pipeline import Source
-    from dbslower.plan import make_plan
 
     preflight()
     found = find_servers_by_engine(engines, pids=args.pids, binary=args.exe)
     sources = []
     for engine, servers in found.items():
-        plan = make_plan(engine, servers, binary=args.exe, pids=args.pids,
-                         threshold_ns=int(round(args.threshold * 1e6)) if mode != "top" else 0,
-                         text_bytes=args.text_bytes, mode=mode)
-        tracer = Tracer(plan)
+        plan, tracer = load_plan(engine, servers, binary=args.exe, pids=args.pids,
+                                 threshold_ns=int(round(args.threshold * 1e6)) if mode != "top" else 0,
+                                 text_bytes=args.text_bytes, mode=mode)
+        stack.callback(tracer.close)
         if args.verbose:
             _stderr(describe_plan(plan, tracer))
-        stack.enter_context(tracer)
         sources.append(Source(plan, tracer, context=context))
     return sources
 
@@ -329,13 +426,81 @@ def run_top(args, out):
     return 0
 
 
+def run_serve(args, out):
+    from dbslower.errors import ListenFailed
+    from dbslower.load import preflight
+    from dbslower.metrics import MetricsSink, serve_http
+    from dbslower.pipeline import Pipeline
+    from dbslower.serve import Fleet
+    from dbslower.slowlog import SlowLog
+
+    s = args.settings
+    preflight()
+    stop = StopFlag().install()
+    notify = (lambda line: _stderr(f"dbslower: {line}"))
+    metrics = MetricsSink(__version__, container_label=s.container_label,
+                          fingerprint_metrics=s.fingerprint_metrics, top_fingerprints=s.top_fingerprints,
+                          fingerprint_ttl_s=s.fingerprint_ttl)
+    fleet = Fleet(s, notify, on_attach_error=lambda: metrics.count("attach_errors"))
+    with contextlib.ExitStack() as stack:
+        stack.callback(fleet.close)
+        added, _ = fleet.sync()
+        if args.verbose or args.check:
+            for src in added:
+                _stderr(describe_plan(src.plan, src.tracer, program=args.verbose))
+        if args.check:
+            if metrics.counters["attach_errors"]:
+                return 9
+            if not added:
+                from dbslower.errors import NoServer
+                raise NoServer("no PostgreSQL, MySQL or MariaDB server to attach to",
+                               "start one; serve itself waits for servers, --check does not")
+            _stderr(f"dbslower: check passed: {len(added)} server binaries attached and detached")
+            return 0
+        host, port = s.listen_address()
+        try:
+            httpd = serve_http(metrics, host, port)
+        except OSError as e:
+            raise ListenFailed(f"cannot listen on {s.listen}: {e.strerror}",
+                               "choose another address with --listen HOST:PORT") from None
+        stack.callback(httpd.shutdown)
+        sinks = [metrics]
+        if s.log:
+            if s.log == "-":
+                def open_log():
+                    return out
+            else:
+                def open_log():
+                    try:
+                        return open(s.log, "a", encoding="utf-8")
+                    except OSError as e:
+                        raise UsageError(f"cannot open the log {s.log}: {e.strerror}") from None
+            slowlog = SlowLog(open_log, redact_text=s.redact, rate_per_s=s.log_rate, metrics=metrics)
+            signal.signal(signal.SIGHUP, lambda signum, frame: slowlog.reopen())
+            sinks.append(slowlog)
+        pipeline = Pipeline(list(fleet.sources.values()), sinks, interval_s=s.interval, notify=notify,
+                            rediscover=fleet.sync, rediscover_s=s.rediscover)
+        what = "; ".join(f"{src.system_name} {src.plan.targets[0].binary.path} via {src.method}"
+                         for src in fleet.sources.values()) or "no server yet (watching for one)"
+        _stderr(f"Tracing {what}; metrics on http://{s.listen}/metrics"
+                f"{', slow statements over ' + format(s.threshold, 'g') + ' ms to ' + s.log if s.log else ''}."
+                f" Hit Ctrl-C to end.")
+        pipeline.run(stop)
+        out.flush()
+    return 0
+
+
 def main(argv=None):
+    if "_ARGCOMPLETE" in os.environ:  # bash completion (argcomplete): answers, then exits
+        import argcomplete
+        argcomplete.autocomplete(build_completion_parser())
     argv = sys.argv[1:] if argv is None else argv
     out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="replace",
                            write_through=False, line_buffering=False) if hasattr(sys.stdout, "buffer") else sys.stdout
     try:
         args = parse_args(argv)
-        return run_top(args, out) if args.command == "top" else run(args, out)
+        runner = {"top": run_top, "serve": run_serve}.get(args.command, run)
+        return runner(args, out)
     except PreflightFailed as e:
         for p in e.problems:
             _stderr(f"dbslower: {p.line()}")

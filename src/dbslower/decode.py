@@ -15,12 +15,14 @@ import re
 import struct
 import time
 
+from dbslower.discover import load_base
 from dbslower.quirks import COM_NAMES
 
 # (name, struct format) in declaration order; the text follows.
 HEADER_FIELDS = (
     ("start_ns", "Q"), ("duration_ns", "Q"), ("conn_id", "Q"), ("fp", "Q"),
-    ("pid", "I"), ("tid", "I"), ("text_len", "I"), ("command", "H"),
+    ("pid", "I"), ("tid", "I"), ("text_len", "I"), ("db_id", "I"), ("server_id", "I"),
+    ("command", "H"),
     ("flags", "B"), ("kind", "B"),
     ("db", "64s"), ("user", "32s"), ("host", "64s"),
 )
@@ -94,7 +96,7 @@ class Event:
     (MySQL USDT)."""
 
     __slots__ = ("engine", "start_ns", "duration_ns", "conn_id", "fp", "pid", "tid",
-                 "command", "flags", "kind", "query", "context")
+                 "command", "flags", "kind", "query", "context", "db_id", "server_id", "origin")
 
     @property
     def truncated(self):
@@ -181,15 +183,9 @@ class PgTitles:
             vaddr, pie = spec
             base = 0
             if pie:
-                # The executable's mapping at file offset 0 is its load base.
-                with open(f"{self.proc}/{pid}/maps") as f:
-                    for line in f:
-                        parts = line.split()
-                        if len(parts) >= 6 and parts[2] == "00000000" and parts[4] == str(st.st_ino):
-                            base = int(parts[0].split("-")[0], 16)
-                            break
-                    else:
-                        return None
+                base = load_base(pid, st.st_ino, self.proc)
+                if base is None:
+                    return None
             fd = os.open(f"{self.proc}/{pid}/mem", os.O_RDONLY)
             try:
                 ptr = int.from_bytes(os.pread(fd, 8, base + vaddr), "little")
@@ -218,7 +214,7 @@ class Decoder:
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
     def decode(self, buf, off, length):
-        (start_ns, duration_ns, conn_id, fp, pid, tid, text_len, command, flags, kind,
+        (start_ns, duration_ns, conn_id, fp, pid, tid, text_len, db_id, server_id, command, flags, kind,
          db, user, host) = HEADER.unpack_from(buf, off)
         text_len = min(text_len, length - TEXT_OFFSET)
         raw = buf[off + TEXT_OFFSET:off + TEXT_OFFSET + text_len]
@@ -228,6 +224,8 @@ class Decoder:
         ev.duration_ns = duration_ns
         ev.conn_id = conn_id or None
         ev.fp = fp
+        ev.db_id = db_id
+        ev.server_id = server_id
         ev.pid = pid
         ev.tid = tid
         ev.command = command

@@ -35,6 +35,10 @@ class Server:
     datadir: str = ""
     children: list = field(default_factory=list)
 
+    def describe(self):
+        """How a DBA names this server: its data directory, else its PID."""
+        return self.datadir or f"pid {self.pid}"
+
 
 @dataclass
 class Binary:
@@ -66,13 +70,87 @@ def read_process(pid, proc="/proc"):
         exe = os.readlink(f"{proc}/{pid}/exe")
     except OSError:
         return None  # kernel thread, or gone
-    path = exe
     if exe.endswith(" (deleted)"):
         # The server runs a binary replaced on disk (a package upgrade):
         # the old inode is still reachable through the magic link.
         path = f"{proc}/{pid}/exe"
         exe = exe[:-len(" (deleted)")]
+    else:
+        path = host_path(pid, exe, proc)
     return Process(pid, ppid, comm, path, os.path.basename(exe))
+
+
+def file_key(path):
+    """(st_dev, st_ino): one binary, whatever path or mount namespace names it."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def host_path(pid, exe, proc="/proc"):
+    """A path on this host to the binary process `pid` runs. In a container
+    (another mount namespace) the path it reports may not exist here, or be
+    another file: then its root, /proc/PID/root, leads to it; failing that,
+    the magic link /proc/PID/exe."""
+    real = file_key(f"{proc}/{pid}/exe")
+    if real is None:
+        return exe
+    for candidate in (exe, f"{proc}/{pid}/root{exe}"):
+        if file_key(candidate) == real:
+            return candidate
+    return f"{proc}/{pid}/exe"
+
+
+def load_base(pid, inode, proc="/proc"):
+    """Address at which process `pid` mapped the start (file offset 0) of the
+    executable with this inode, from /proc/PID/maps; None if not mapped."""
+    try:
+        with open(f"{proc}/{pid}/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[2] == "00000000" and parts[4] == str(inode):
+                    return int(parts[0].split("-")[0], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def symbol_address(pid, binary_path, symbol, proc="/proc"):
+    """Run-time address in process `pid` of a symbol (vaddr, position-
+    independent?) of the binary at binary_path; None when not mapped."""
+    vaddr, pie = symbol
+    if not pie:
+        return vaddr
+    key = file_key(binary_path)
+    base = load_base(pid, key[1], proc) if key else None
+    return None if base is None else base + vaddr
+
+
+_CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
+
+
+def container_id(pid, proc="/proc"):
+    """The container a process runs in, from its cgroup path (Docker,
+    containerd, CRI-O and Podman put the 64-hex id there); "" on the host."""
+    raw = _read(f"{proc}/{pid}/cgroup") or b""
+    for line in raw.decode("utf-8", "replace").splitlines():
+        m = _CONTAINER_ID.search(line.rsplit(":", 1)[-1])
+        if m:
+            return m[1]
+    return ""
+
+
+def namespace_pid(pid, proc="/proc"):
+    """The PID inside the process's own PID namespace, when it differs."""
+    raw = _read(f"{proc}/{pid}/status") or b""
+    for line in raw.decode().splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            if len(ids) > 1:
+                return int(ids[-1])
+    return None
 
 
 def list_processes(proc="/proc"):

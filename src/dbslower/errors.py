@@ -24,7 +24,7 @@ class UsageError(DbslowerError):
 
 class NotRoot(DbslowerError):
     exit_code = 3
-    hint = "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"
+    hint = "see contrib/dbslower.service for the capabilities and why each is needed"
 
 
 class NoBPF(DbslowerError):
@@ -52,6 +52,10 @@ class NoProbes(DbslowerError):
 
 class AttachFailed(DbslowerError):
     exit_code = 9
+
+
+class ListenFailed(DbslowerError):
+    exit_code = 10
 
 
 class PreflightFailed(DbslowerError):

@@ -230,3 +230,28 @@ def fingerprint(engine, query):
 def fingerprint_id(fp):
     """pt-query-digest's Query ID: 0x and the last 16 hex digits of the MD5."""
     return "0x" + hashlib.md5(fp.encode("utf-8", "replace")).hexdigest()[-16:].upper()
+
+
+def redact(engine, query):
+    """The query with every literal replaced by ?: its fingerprint, which
+    abstracts strings, numbers and comments (a password in
+    `ALTER USER ... PASSWORD 'secret'` included) and never keeps a value."""
+    return fingerprint(engine, query)
+
+
+# W3C trace context, as sqlcommenter and OpenTelemetry instrumentations put it
+# in a SQL comment: /*traceparent='00-<trace-id>-<span-id>-<flags>'*/
+# (values may be URL-encoded, so a dash may be %2D).
+_TRACEPARENT = re.compile(
+    r"traceparent\s*=\s*'?([0-9a-f]{2})(?:-|%2d)([0-9a-f]{32})(?:-|%2d)([0-9a-f]{16})(?:-|%2d)([0-9a-f]{2})",
+    re.I)
+
+
+def trace_context(query):
+    """(trace_id, span_id) from a traceparent in the query's comments, or None."""
+    if "traceparent" not in query:
+        return None
+    m = _TRACEPARENT.search(query)
+    if not m or m[1].lower() == "ff" or set(m[2]) == {"0"} or set(m[3]) == {"0"}:
+        return None  # version ff and all-zero ids are invalid (W3C Trace Context 3.2)
+    return m[2].lower(), m[3].lower()

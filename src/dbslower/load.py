@@ -10,13 +10,13 @@ import os
 import platform
 from pathlib import Path
 
-from dbslower.discover import list_processes
+from dbslower.discover import file_key, list_processes
 from dbslower.errors import AttachFailed, NoBPF, NoHeaders, NotRoot, PreflightFailed
-from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF
+from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, make_plan
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CAP_SYS_ADMIN = 21
 
 
 def _effective_caps():
@@ -27,6 +27,24 @@ def _effective_caps():
     except OSError:
         pass
     return 0
+
+
+# bcc attaches uprobes through perf_event_open(2) with this PMU when it
+# exists (Linux 4.17+), else through tracefs' uprobe_events.
+UPROBE_PMU = "/sys/bus/event_source/devices/uprobe/type"
+
+
+def _tracefs_state():
+    """"ok", "unreadable" (mounted, but not for this user) or "missing"."""
+    for d in TRACEFS_DIRS:
+        try:
+            os.stat(os.path.join(d, "uprobe_events"))
+            return "ok"
+        except PermissionError:
+            return "unreadable"
+        except OSError:
+            continue
+    return "missing"
 
 
 def headers_dir():
@@ -44,11 +62,17 @@ def preflight():
     """Every reason tracing cannot start, at once."""
     problems = []
     caps = _effective_caps()
-    if os.geteuid() != 0 and not (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
-        problems.append(NotRoot("dbslower must run as root (or with CAP_BPF and CAP_PERFMON)"))
-    if not any(os.path.exists(os.path.join(d, "uprobe_events")) for d in TRACEFS_DIRS):
-        problems.append(NoBPF("uprobes are unavailable: no uprobe_events in tracefs",
-                              "mount it with 'mount -t tracefs tracefs /sys/kernel/tracing'; the kernel needs CONFIG_UPROBE_EVENTS"))
+    if os.geteuid() != 0 and not caps >> CAP_SYS_ADMIN & 1:
+        problems.append(NotRoot("dbslower must run as root, or with CAP_SYS_ADMIN (uprobes), "
+                                "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"))
+    tracefs = _tracefs_state()
+    if tracefs == "unreadable":
+        problems.append(NoBPF("tracefs is mounted but this user cannot read it (tracepoints are found there)",
+                              "run as root, or grant CAP_DAC_READ_SEARCH as contrib/dbslower.service does"))
+    elif tracefs == "missing" and not os.path.exists(UPROBE_PMU):
+        problems.append(NoBPF("uprobes are unavailable: no uprobe PMU and no uprobe_events in tracefs",
+                              "mount tracefs with 'mount -t tracefs tracefs /sys/kernel/tracing'; "
+                              "the kernel needs CONFIG_UPROBE_EVENTS"))
     if not os.path.exists("/proc/sys/kernel/unprivileged_bpf_disabled"):
         problems.append(NoBPF("this kernel has no BPF system call (CONFIG_BPF_SYSCALL)"))
     if not headers_ok():
@@ -66,14 +90,6 @@ def preflight():
 _REF_CTRS = {}
 
 
-def _file_key(path):
-    try:
-        st = os.stat(path)
-    except (OSError, TypeError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _fix_bcc_attach_uprobe(lib):
     """bcc 0.26's binding declares bpf_attach_uprobe with 6 argument types,
     but libbcc's function takes a 7th, ref_ctr_offset, which is then read from
@@ -89,13 +105,30 @@ def _fix_bcc_attach_uprobe(lib):
     def attach(*args):
         if len(args) == 6:
             path, addr = args[3], args[4]
-            key = _file_key(path.decode() if isinstance(path, bytes) else path)
+            key = file_key(path.decode() if isinstance(path, bytes) else path)
             args = args + (_REF_CTRS.get((*key, addr), 0) if key else 0,)
         return fn(*args)
 
     attach._dbslower_fixed = True
     attach.argtypes = fn.argtypes
     lib.bpf_attach_uprobe = attach
+
+
+class UsdtUnavailable(AttachFailed):
+    """bcc could not enable a binary's USDT probes: it writes semaphores
+    through /proc/PID/mem, which needs CAP_DAC_OVERRIDE for a server of
+    another user, and a probe held by another tool can refuse too."""
+
+
+def load_plan(engine, servers, **plan_args):
+    """Plans and loads; where USDT probes cannot be enabled, plans again with
+    the exported functions instead. Returns (plan, opened Tracer)."""
+    plan = make_plan(engine, servers, **plan_args)
+    try:
+        return plan, Tracer(plan).open()
+    except UsdtUnavailable as e:
+        plan = make_plan(engine, servers, no_usdt=f"USDT probes could not be enabled ({e})", **plan_args)
+        return plan, Tracer(plan).open()
 
 
 class LoadedTarget:
@@ -162,7 +195,7 @@ class Tracer:
         flags = self.plan.cflags(target)
         cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(flags.items())]
         usdt = []
-        key = _file_key(target.binary.path)
+        key = file_key(target.binary.path)
         if key:
             for addr, ref in target.ref_ctrs.items():
                 _REF_CTRS[(*key, addr)] = ref
@@ -173,7 +206,8 @@ class Tracer:
                     if p.kind == "usdt":
                         u.enable_probe(probe=p.site, fn_name=p.fn)
             except Exception as e:
-                raise AttachFailed(f"cannot enable USDT probes in PID {target.usdt_pid}: {e}") from e
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UsdtUnavailable(f"cannot enable USDT probes in PID {target.usdt_pid}: {first}") from e
             usdt = [u]
         if not headers_ok():
             raise NoHeaders(f"kernel headers for {platform.release()} are missing")
@@ -212,6 +246,15 @@ class Tracer:
             for pid, mode in pids.items():
                 t[ct.c_uint32(pid)] = ct.c_uint8(mode)
 
+    def add_filter_pids(self, pids):
+        """More processes for the kernel's PID filter: {pid: TRACE_*}."""
+        if not self.plan.filter_pids:
+            return
+        for lt in self.loaded:
+            t = lt.bpf["traced_pids"]
+            for pid, mode in pids.items():
+                t[ct.c_uint32(pid)] = ct.c_uint8(mode)
+
     def counters(self):
         total = None
         for lt in self.loaded:
@@ -239,22 +282,51 @@ class Tracer:
             max_ns = max([max_ns] + list(extra[ct.c_int(1)]))
         return counts, failed, max_ns
 
-    def read_digests(self):
-        """Cumulative {fp: [calls, total_ns, max_ns, failed]} and
-        {fp: {bucket: count}} over every program."""
+    def read_digest_maps(self):
+        """Cumulative, over every program: {(fp, db_id, server_id): [calls,
+        total_ns, max_ns, failed, failed_ns]} and {(fp, db_id, server_id,
+        failed): {bucket: count}}."""
         stats, hists = {}, {}
         for lt in self.loaded:
             for k, v in _hash_items(lt.bpf["digests"]):
-                fp = _int(k)
-                row = stats.setdefault(fp, [0, 0, 0, 0])
+                row = stats.setdefault((k.fp, k.db_id, k.server_id), [0, 0, 0, 0, 0])
                 row[0] += v.calls
                 row[1] += v.total_ns
                 row[2] = max(row[2], v.max_ns)
                 row[3] += v.failed
+                row[4] += v.failed_ns
             for k, v in _hash_items(lt.bpf["digest_hist"]):
-                h = hists.setdefault(k.fp, {})
+                h = hists.setdefault((k.fp, k.db_id, k.server_id, k.failed), {})
                 h[k.bucket] = h.get(k.bucket, 0) + _int(v)
         return stats, hists
+
+    def read_digests(self):
+        """Cumulative {fp: [calls, total_ns, max_ns, failed]} and
+        {fp: {bucket: count}} over every program and database."""
+        raw_stats, raw_hists = self.read_digest_maps()
+        stats, hists = {}, {}
+        for (fp, _db, _server), v in raw_stats.items():
+            row = stats.setdefault(fp, [0, 0, 0, 0])
+            row[0] += v[0]
+            row[1] += v[1]
+            row[2] = max(row[2], v[2])
+            row[3] += v[3]
+        for (fp, _db, _server, _failed), h in raw_hists.items():
+            out = hists.setdefault(fp, {})
+            for b, n in h.items():
+                out[b] = out.get(b, 0) + n
+        return stats, hists
+
+    def seed_procs(self, procs):
+        """SERVER_IDS: {pid: (address of MyDatabaseId in it or 0, server id)}."""
+        for lt in self.loaded:
+            if not self.plan.cflags(lt.target).get("SERVER_IDS"):
+                continue
+            t = lt.bpf["procs"]
+            for pid, (addr, server_id) in procs.items():
+                v = t.Leaf()
+                v.db_id_addr, v.server_id = addr, server_id
+                t[ct.c_uint32(pid)] = v
 
     def close(self):
         for lt in self.loaded:

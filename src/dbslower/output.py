@@ -46,6 +46,19 @@ class _TsCache:
         return self.hms
 
 
+_ISO = _TsCache()
+
+
+def event_dict(ev):
+    """One event as the dict JsonWriter writes (tests/unit/test_output.py
+    checks the two agree); for the slower paths that add fields."""
+    user, db, client, app = ev.context
+    return {"ts": _ISO.iso(ev.start_ns), "duration_ms": round(ev.duration_ns / 1e6, 6), "query": ev.query,
+            "truncated": bool(ev.flags & EV_TRUNCATED), "status": "error" if ev.flags & EV_FAILED else "ok",
+            "engine": ev.engine, "pid": ev.pid, "tid": ev.tid, "command": ev.command_name,
+            "conn_id": ev.conn_id, "user": user, "db": db, "client": client, "application_name": app}
+
+
 class JsonWriter:
     """One JSON object per line. Per event it encodes only what changes per
     statement; the fields a backend or thread shares are encoded once."""

@@ -19,6 +19,7 @@ import time
 
 from dbslower.aggregate import DigestBook, digest_report, hist_report
 from dbslower.decode import KIND_QUERY, KIND_SAMPLE, PAGE, Decoder, RingReader, wait_readable
+from dbslower.discover import container_id, namespace_pid
 from dbslower.plan import app_name_symbols
 
 # Index in the kernel's `counters` array -> reason shown to the user.
@@ -38,6 +39,31 @@ class Source:
         self.book = DigestBook(plan.engine)
         self.readers = [RingReader(lt.ring_fd, plan.ringbuf_pages * PAGE) for lt in tracer.loaded]
         self.method = ", ".join(sorted({t.method for t in plan.targets}))
+        flavors = sorted({t.binary.flavor for t in plan.targets})
+        # db.system.name: postgresql, mariadb or mysql
+        self.system_name = flavors[0] if len(flavors) == 1 else ("postgresql" if self.engine == "postgres" else "mysql")
+        self.prev = None          # the snapshot of the previous interval
+        # serve (SERVER_IDS): what the kernel's numbers mean
+        self.servers = {}         # server id -> discover.Server
+        self.db_names = {}        # (server id, database OID) -> name
+        self.containers = {}      # server id -> container id
+        self._pid_containers = {}
+
+    def container_of(self, pid):
+        """(container id or None, PID inside the container or None)."""
+        hit = self._pid_containers.get(pid)
+        if hit is None:
+            if len(self._pid_containers) > 10000:
+                self._pid_containers.clear()
+            hit = (container_id(pid) or None, namespace_pid(pid))
+            self._pid_containers[pid] = hit
+        return hit
+
+    def close(self):
+        for r in self.readers:
+            r.close()
+        self.readers = []
+        self.tracer.close()
 
     def fds(self):
         return [r.fd for r in self.readers]
@@ -45,8 +71,15 @@ class Source:
     def drain(self, on_event):
         decode, book = self.decoder.decode, self.book
 
+        db_names = self.db_names
+
         def handle(buf, off, length):
             ev = decode(buf, off, length)
+            ev.origin = self
+            if ev.db_id and (ev.server_id, ev.db_id) not in db_names and ev.context[1]:
+                # The first statement of each (fingerprint, database) comes as
+                # a sample: its backend's title names the database OID.
+                db_names[(ev.server_id, ev.db_id)] = ev.context[1]
             if ev.kind == KIND_SAMPLE:
                 book.add_sample(ev)
             elif ev.kind == KIND_QUERY:
@@ -66,6 +99,8 @@ class Source:
         """Cumulative kernel aggregates, and the losses so far."""
         if self.mode == "hist":
             return self.tracer.read_hist(), self.lost()
+        if self.mode == "serve":
+            return self.tracer.read_digest_maps(), self.lost()
         if self.mode in ("digest", "top"):
             return self.tracer.read_digests(), self.lost()
         return None, self.lost()
@@ -95,16 +130,22 @@ class Pipeline:
 
     interval_s: seconds between reports (summary modes); None: only at the end.
     notify: called with a line for the user (losses while streaming).
+    rediscover: called every rediscover_s seconds; returns (added, removed)
+    sources, so servers that start, restart or go away are followed.
     """
 
-    def __init__(self, sources, sinks, interval_s=None, count=None, duration_s=None, notify=None):
-        self.sources = sources
+    def __init__(self, sources, sinks, interval_s=None, count=None, duration_s=None, notify=None,
+                 rediscover=None, rediscover_s=2.0):
+        self.sources = list(sources)
         self.sinks = sinks
         self.interval_s = interval_s
         self.count = count
         self.duration_s = duration_s
         self.notify = notify or (lambda line: None)
-        self.summaries = any(s.mode in ("hist", "digest", "top") for s in sources)
+        self.rediscover = rediscover
+        self.rediscover_s = rediscover_s
+        self.summaries = any(s.mode in ("hist", "digest", "top", "serve") for s in sources) or bool(rediscover)
+        self.wants_reports = any(hasattr(s, "on_interval") or hasattr(s, "on_end") for s in sinks)
 
     def _drain(self):
         on_event = [s.on_event for s in self.sinks if hasattr(s, "on_event")]
@@ -123,28 +164,54 @@ class Pipeline:
         self._drain()  # the samples of new fingerprints first
         return [src.snapshot() for src in self.sources], time.time_ns()
 
+    def _reports(self, start_ns, end_ns, snaps, since_prev):
+        if not self.wants_reports:
+            return []
+        return [src.report(start_ns, end_ns, snap, src.prev if since_prev else None)
+                for src, snap in zip(self.sources, snaps)]
+
+    def _fds(self):
+        fds = [fd for src in self.sources for fd in src.fds()]
+        return fds + [fd for s in self.sinks if hasattr(s, "fds") for fd in s.fds()]
+
+    def _follow(self):
+        added, removed = self.rediscover()
+        for src in removed:
+            snap = src.snapshot()
+            _call(self.sinks, "on_source_removed", src, snap)
+            self.sources.remove(src)
+            src.close()
+        self.sources += added
+
     def run(self, stop):
         sinks = self.sinks
-        fds = [fd for src in self.sources for fd in src.fds()]
-        fds += [fd for s in sinks if hasattr(s, "fds") for fd in s.fds()]
+        fds = self._fds()
         _call(sinks, "start")
         run_start = time.time_ns()
         start_mono = time.monotonic()
         deadline = start_mono + self.duration_s if self.duration_s else None
         next_at = start_mono + self.interval_s if self.interval_s else None
-        interval_start, prev, reported = run_start, None, 0
+        next_discovery = start_mono + self.rediscover_s if self.rediscover else None
+        interval_start, reported = run_start, 0
         lost_said, lost_check = 0, start_mono + LOST_REPORT_EVERY_S
         while not stop.set:
             now = time.monotonic()
             if deadline and now >= deadline:
                 break
+            if next_discovery and now >= next_discovery:
+                self._follow()
+                fds = self._fds()
+                next_discovery = now + self.rediscover_s
+                continue
             if next_at and now >= next_at:
                 snaps, end = self._snapshots()
-                reports = [src.report(interval_start, end, snap, p)
-                           for src, snap, p in zip(self.sources, snaps, prev or [None] * len(snaps))]
-                if _call(sinks, "on_interval", reports):
+                stop_now = _call(sinks, "on_snapshots", list(zip(self.sources, snaps)))
+                stop_now |= _call(sinks, "on_interval", self._reports(interval_start, end, snaps, True))
+                for src, snap in zip(self.sources, snaps):
+                    src.prev = snap
+                if stop_now:
                     break
-                prev, interval_start, reported = snaps, end, reported + 1
+                interval_start, reported = end, reported + 1
                 next_at += self.interval_s
                 if next_at < now:  # fell behind (a stalled terminal): skip, don't burst
                     next_at = now + self.interval_s
@@ -158,7 +225,7 @@ class Pipeline:
                     self.notify(f"{lost - lost_said} events lost in the last {LOST_REPORT_EVERY_S:g} s "
                                 f"({lost} in all): {self._loss_detail()}")
                     lost_said = lost
-            wake = min(x for x in (next_at, deadline, now + 0.2) if x is not None)
+            wake = min(x for x in (next_at, deadline, next_discovery, now + 0.2) if x is not None)
             got = self._drain()
             if got:
                 # Let records accumulate: fewer, larger batches cost less CPU.
@@ -168,12 +235,11 @@ class Pipeline:
             if _call(sinks, "poll"):
                 break
         snaps, end = self._snapshots()
+        _call(sinks, "on_snapshots", list(zip(self.sources, snaps)))
         partial = None
         if self.summaries and self.interval_s and (not self.count or reported < self.count):
-            partial = [src.report(interval_start, end, snap, p)
-                       for src, snap, p in zip(self.sources, snaps, prev or [None] * len(snaps))]
-        whole = [src.report(run_start, end, snap, None) for src, snap in zip(self.sources, snaps)] \
-            if self.summaries else []
+            partial = self._reports(interval_start, end, snaps, True)
+        whole = self._reports(run_start, end, snaps, False) if self.summaries else []
         _call(sinks, "on_end", partial, whole)
         return 0
 

@@ -6,15 +6,17 @@ import os
 from dataclasses import dataclass, field
 
 from dbslower import quirks
-from dbslower.discover import Binary, inspect_binary
+from dbslower.discover import Binary, file_key, inspect_binary
 from dbslower.elf import ElfFile
 from dbslower.errors import NoProbes, UsageError
 
 ET_DYN = 3  # ELF type of a position-independent executable
 # Plan mode -> the BPF program's MODE; "top" is a digest that also streams
 # the statements over an adjustable threshold (SLOW_EVENTS).
-MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3, "top": 2}
-DIGEST_MODES = ("digest", "top")
+# serve also streams statements over the threshold and keeps PostgreSQL
+# digests per server and database (SERVER_IDS).
+MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3, "top": 2, "serve": 2}
+DIGEST_MODES = ("digest", "top", "serve")
 TEXT_BYTES_CHOICES = (1024, 2048, 4096, 8192)
 TRACE_SELF, TRACE_INHERIT = 1, 2
 
@@ -39,6 +41,7 @@ class Target:
     notes: list = field(default_factory=list)  # what this build cannot give
     ref_ctrs: dict = field(default_factory=dict)  # USDT location -> semaphore file offset
     app_name_symbol: tuple = ()  # PostgreSQL: (vaddr of application_name, position-independent?)
+    db_id_symbol: tuple = ()     # PostgreSQL: (vaddr of MyDatabaseId, position-independent?)
 
 
 @dataclass
@@ -56,7 +59,8 @@ class Plan:
             "TEXT_BYTES": self.text_bytes,
             "THRESHOLD_NS": f"{self.threshold_ns}ULL",
             "MODE": MODES[self.mode],
-            "SLOW_EVENTS": 1 if self.mode == "top" else 0,
+            "SLOW_EVENTS": 1 if self.mode in ("top", "serve") else 0,
+            "SERVER_IDS": 1 if self.mode == "serve" else 0,
             "FILTER_PIDS": 1 if self.filter_pids else 0,
             "DQUOTE_IS_STRING": 1 if self.engine == "mysql" else 0,
             "RINGBUF_PAGES": self.ringbuf_pages,
@@ -160,22 +164,27 @@ def _mysql_target(binary, elf, run_pid):
     return "uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes
 
 
-def plan_target(engine, path, servers):
-    """Probe plan for one server binary and the running servers using it."""
+def plan_target(engine, path, servers, no_usdt=None):
+    """Probe plan for one server binary and the running servers using it.
+    no_usdt: why USDT probes cannot be used (they failed to enable), if so."""
     datadir = next((s.datadir for s in servers if s.datadir), "")
     binary = inspect_binary(path, engine, datadir)
-    run_pid = servers[0].pid if servers else 0
+    run_pid = servers[0].pid if servers and not no_usdt else 0
     with ElfFile(path) as elf:
         build = _pg_target if engine == "postgres" else _mysql_target
         method, reason, probes, cflags, notes = build(binary, elf, run_pid)
+        if no_usdt:
+            reason = f"{no_usdt}; {reason}"
         ref_ctrs = _semaphores(elf, {p.site for p in probes if p.kind == "usdt"})
-        app = elf.symbols().get(quirks.PG_APPLICATION_NAME) if engine == "postgres" else None
+        syms = elf.symbols() if engine == "postgres" else {}
+        app, dbid = syms.get(quirks.PG_APPLICATION_NAME), syms.get(quirks.PG_DATABASE_ID)
         app_name_symbol = (app.value, elf.e_type == ET_DYN) if app else ()
+        db_id_symbol = (dbid.value, elf.e_type == ET_DYN) if dbid else ()
     return Target(binary, method, reason, probes, cflags,
                   source="dbslower.c",
                   usdt_pid=run_pid if method == "usdt" else 0,
                   pids=[s.pid for s in servers], notes=notes, ref_ctrs=ref_ctrs,
-                  app_name_symbol=app_name_symbol)
+                  app_name_symbol=app_name_symbol, db_id_symbol=db_id_symbol)
 
 
 def app_name_symbols(plan):
@@ -210,17 +219,23 @@ def _semaphores(elf, names):
 
 
 def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
-              text_bytes=1024, mode="stream"):
+              text_bytes=1024, mode="stream", no_usdt=None):
     if text_bytes not in TEXT_BYTES_CHOICES:
         raise UsageError(f"text size {text_bytes} is not one of {', '.join(map(str, TEXT_BYTES_CHOICES))}")
     if threshold_ns < 0:
         raise UsageError("the threshold cannot be negative")
-    by_binary = {}
+    # One target per binary file: containers that share an image's binary
+    # under different paths get one set of probes (uprobes are per inode).
+    by_binary, paths = {}, {}
     for s in servers:
-        by_binary.setdefault(s.binary, []).append(s)
+        key = file_key(s.binary) or s.binary
+        by_binary.setdefault(key, []).append(s)
+        paths.setdefault(key, s.binary)
     if binary and not by_binary:
         by_binary[binary] = []
-    targets = [plan_target(engine, path, group) for path, group in sorted(by_binary.items())]
+        paths[binary] = binary
+    targets = [plan_target(engine, paths[k], group, no_usdt)
+               for k, group in sorted(by_binary.items(), key=lambda kv: paths[kv[0]])]
     filter_pids = {}
     if pids:
         for s in servers:

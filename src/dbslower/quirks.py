@@ -45,6 +45,10 @@ PG_UPROBES = {
 # The application_name GUC (src/backend/utils/misc/guc_tables.c, guc.c before
 # PG 16): an exported `char *`, read from the backend's memory by user space.
 PG_APPLICATION_NAME = "application_name"
+# The backend's database OID (src/backend/utils/init/globals.c, `Oid
+# MyDatabaseId`, PGDLLIMPORT in src/include/miscadmin.h): an exported global
+# set once at connection start, read by the BPF program (serve, SERVER_IDS).
+PG_DATABASE_ID = "MyDatabaseId"
 
 # Called last by exec_simple_query, exec_parse_message, exec_bind_message and
 # exec_execute_message (src/backend/tcop/postgres.c, PG 12-18); it takes the

@@ -99,7 +99,7 @@ def test_not_root():
                            env=dict(ENV, PYTHONPATH=str(src)), preexec_fn=demote, cwd="/", timeout=60)
     finally:
         shutil.rmtree(src)
-    assert_clean_error(r, 3, "must run as root", "CAP_BPF")
+    assert_clean_error(r, 3, "must run as root", "CAP_SYS_ADMIN")
 
 
 def _in_private_mounts(script):

@@ -2,7 +2,7 @@ import io
 import json
 
 from dbslower.decode import EV_FAILED, EV_TRUNCATED, Event
-from dbslower.output import JsonWriter, TableWriter, escape_control
+from dbslower.output import JsonWriter, TableWriter, escape_control, event_dict
 
 
 def event(query="SELECT 1", flags=0, command=0):
@@ -39,3 +39,12 @@ def test_table_writer_one_line_with_units():
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["TIME", "PID", "MS", "QUERY"]
     assert len(lines) == 2 and lines[1].endswith("SELECT\\n1 [...]") and "1.235" in lines[1]
+
+
+def test_event_dict_is_what_json_writer_writes():
+    for flags in (0, EV_TRUNCATED | EV_FAILED):
+        ev = event("SELECT 'x'\t", flags=flags, command=3)
+        ev.context = ("alice", "shop", "10.0.0.1", "app")
+        out = io.StringIO()
+        JsonWriter(out).on_event(ev)
+        assert json.loads(out.getvalue()) == event_dict(ev)

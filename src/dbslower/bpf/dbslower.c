@@ -24,6 +24,9 @@
 #ifndef INFLIGHT_ENTRIES
 #define INFLIGHT_ENTRIES 8192
 #endif
+#ifndef SERVER_IDS
+#define SERVER_IDS 0
+#endif
 #ifndef SLOW_EVENTS
 #define SLOW_EVENTS 0
 #endif
@@ -81,32 +84,12 @@ static __always_inline void count(int which)
 #if FILTER_PIDS
 /* tgid -> TRACE_SELF or TRACE_INHERIT. Seeded from user space; children of
  * TRACE_INHERIT processes (PostgreSQL backends forked by the postmaster) are
- * added as they fork, so connections opened later are traced too. */
+ * added as they fork, so connections opened later are traced too. Sized for
+ * every process of the traced servers: a connection is a process in
+ * PostgreSQL, and 65536 is above any max_connections seen in practice. */
 #define TRACE_SELF 1
 #define TRACE_INHERIT 2
 BPF_HASH(traced_pids, u32, u8, 65536);
-
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-	u32 parent = args->parent_pid;
-	u8 *mode = traced_pids.lookup(&parent);
-	if (mode && *mode == TRACE_INHERIT) {
-		u32 child = args->child_pid;
-		u8 self = TRACE_SELF;
-		traced_pids.update(&child, &self);
-	}
-	return 0;
-}
-
-TRACEPOINT_PROBE(sched, sched_process_exit)
-{
-	/* Only the group leader's exit ends the process. */
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32;
-	if ((u32)id == tgid)
-		traced_pids.delete(&tgid);
-	return 0;
-}
 
 static __always_inline int pid_traced(u32 tgid)
 {
@@ -119,6 +102,55 @@ static __always_inline int pid_traced(u32 tgid)
 }
 #endif
 
+#if SERVER_IDS
+/* serve: tgid -> the server it belongs to (numbered by user space) and, in
+ * PostgreSQL, where MyDatabaseId (an exported Oid) is in that process.
+ * Backends are forked from the postmaster without exec, so they share its
+ * addresses; user space seeds each postmaster (or mysqld) and the backends
+ * that already run, and fork copies the entry to new ones. Same size as
+ * traced_pids. */
+BPF_HASH(procs, u32, struct proc_info, 65536);
+#endif
+
+#if FILTER_PIDS || SERVER_IDS
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 parent = args->parent_pid;
+	u32 child = args->child_pid;
+#if FILTER_PIDS
+	u8 *mode = traced_pids.lookup(&parent);
+	if (mode && *mode == TRACE_INHERIT) {
+		u8 self = TRACE_SELF;
+		traced_pids.update(&child, &self);
+	}
+#endif
+#if SERVER_IDS
+	struct proc_info *pp = procs.lookup(&parent);
+	if (pp) {
+		struct proc_info copy = *pp;
+		procs.update(&child, &copy);
+	}
+#endif
+	return 0;
+}
+
+/* Per-process state goes with the process, so a reused PID starts clean. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	/* Only the group leader's exit ends the process. */
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+	if ((u32)id != tgid)
+		return 0;
+#if FILTER_PIDS
+	traced_pids.delete(&tgid);
+#endif
+#if SERVER_IDS
+	procs.delete(&tgid);
+#endif
+	return 0;
+}
+#endif
 
 #if MODE == MODE_HIST
 BPF_PERCPU_ARRAY(hist, u64, HIST_BUCKETS);
@@ -128,7 +160,7 @@ BPF_PERCPU_ARRAY(hist_extra, u64, 2);
 
 
 #if MODE == MODE_DIGEST
-BPF_HASH(digests, u64, struct digest_stats, DIGEST_ENTRIES);
+BPF_HASH(digests, struct digest_key, struct digest_stats, DIGEST_ENTRIES);
 BPF_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
 #include "fingerprint.h"
 
@@ -201,12 +233,13 @@ static __always_inline void finish_statement(struct query_event *ev)
 #if MODE == MODE_DIGEST
 static __always_inline void digest_update(struct query_event *ev, u64 fp)
 {
-	struct digest_stats *st = digests.lookup(&fp);
+	struct digest_key dk = {.fp = fp, .db_id = ev->db_id, .server_id = ev->server_id};
+	struct digest_stats *st = digests.lookup(&dk);
 	if (!st) {
 		struct digest_stats zero = {};
 		/* insert fails with -EEXIST when another CPU won the race */
-		int first = digests.insert(&fp, &zero) == 0;
-		st = digests.lookup(&fp);
+		int first = digests.insert(&dk, &zero) == 0;
+		st = digests.lookup(&dk);
 		if (!st) {
 			count(CTR_MAP_FULL);
 			return;
@@ -220,12 +253,15 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 				count(CTR_LOST_EVENTS);
 		}
 	}
+	u32 failed = (ev->flags & EV_FAILED) ? 1 : 0;
 	__sync_fetch_and_add(&st->calls, 1);
 	__sync_fetch_and_add(&st->total_ns, ev->duration_ns);
 	if (ev->duration_ns > st->max_ns)
 		st->max_ns = ev->duration_ns;
-	if (ev->flags & EV_FAILED)
+	if (failed) {
 		__sync_fetch_and_add(&st->failed, 1);
+		__sync_fetch_and_add(&st->failed_ns, ev->duration_ns);
+	}
 #if SLOW_EVENTS
 	u32 slot = 0;
 	u64 *slow = slow_ns.lookup(&slot);
@@ -237,7 +273,8 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 			count(CTR_LOST_EVENTS);
 	}
 #endif
-	struct hist_key hk = {.fp = fp, .bucket = hist_bucket(ev->duration_ns)};
+	struct hist_key hk = {.fp = fp, .db_id = ev->db_id, .server_id = ev->server_id,
+			      .bucket = hist_bucket(ev->duration_ns), .failed = failed};
 	u64 one = 1;
 	u64 *hc = digest_hist.lookup(&hk);
 	if (hc) {
@@ -427,6 +464,16 @@ static __always_inline int on_status(const char *text, int running)
 		v->ev.tid = tid;
 		v->ev.flags = 0;
 		v->ev.text_len = 0;
+		v->ev.db_id = 0;
+		v->ev.server_id = 0;
+#if SERVER_IDS
+		struct proc_info *pp = procs.lookup(&tgid);
+		if (pp) {
+			v->ev.server_id = pp->server_id;
+			if (pp->db_id_addr)
+				bpf_probe_read_user(&v->ev.db_id, sizeof(v->ev.db_id), (void *)pp->db_id_addr);
+		}
+#endif
 	}
 	return 0;
 }
@@ -572,6 +619,12 @@ static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
 	v->ev.start_ns = now;
 	v->ev.pid = id >> 32;
 	v->ev.tid = tid;
+#if SERVER_IDS
+	u32 tgid = id >> 32;
+	struct proc_info *pp = procs.lookup(&tgid);
+	if (pp)
+		v->ev.server_id = pp->server_id;
+#endif
 	return v;
 }
 

@@ -10,6 +10,7 @@
  *   ENGINE         ENGINE_POSTGRES or ENGINE_MYSQL
  *   USE_USDT       1: USDT probes, 0: uprobes on exported functions
  *   SLOW_EVENTS    1 (top): digest mode also streams statements over slow_ns
+ *   SERVER_IDS     1 (serve): digests per server and PostgreSQL database (MyDatabaseId)
  * and per engine the rows of dbslower/quirks.py (PG_STATE_RUNNING, DC_*, ...).
  */
 #ifndef DBSLOWER_H
@@ -48,6 +49,8 @@ struct query_event {
 	u32 pid;         /* process (tgid) */
 	u32 tid;         /* thread */
 	u32 text_len;    /* bytes of text that follow the header */
+	u32 db_id;       /* PostgreSQL database OID (SERVER_IDS); 0 when unknown */
+	u32 server_id;   /* server, numbered by user space (SERVER_IDS); 0 when unknown */
 	u16 command;     /* MySQL COM_* code; 0 for PostgreSQL */
 	u8 flags;        /* EV_* */
 	u8 kind;         /* KIND_* */
@@ -65,9 +68,26 @@ struct query_event {
 #define HIST_OCTAVES 28   /* up to ~2^38 ns = 275 s; slower lands in the last */
 #define HIST_BUCKETS (HIST_OCTAVES * HIST_SUB)
 
+/* Digests are kept per (fingerprint, database): the metrics endpoint labels
+ * by database; --digest and top add the databases up. */
+struct digest_key {
+	u64 fp;         /* kernel fingerprint hash */
+	u32 db_id;      /* query_event.db_id */
+	u32 server_id;  /* query_event.server_id: OIDs are per cluster */
+};
+
 struct hist_key {
-	u64 fp;     /* kernel fingerprint hash; 0 in histogram mode */
+	u64 fp;
+	u32 db_id;
+	u32 server_id;
 	u32 bucket;
+	u32 failed; /* 1: the statement failed (so metrics can label error_type) */
+};
+
+/* SERVER_IDS: what the BPF program knows of a server process. */
+struct proc_info {
+	u64 db_id_addr; /* PostgreSQL: address of MyDatabaseId in the process; 0 otherwise */
+	u32 server_id;
 	u32 pad;
 };
 
@@ -76,6 +96,7 @@ struct digest_stats {
 	u64 total_ns;
 	u64 max_ns;
 	u64 failed;
+	u64 failed_ns; /* total_ns of the failed statements */
 };
 
 /* Counters in the per-CPU `counters` array. */
