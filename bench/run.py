@@ -34,7 +34,57 @@ OURS = {
     "digest": ["--digest", "-j"],
     "hist": ["--hist", "-j"],
 }
-CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "bcc", "serverlog"]
+CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "serve", "bcc", "serverlog"]
+SERVE_PORT = 19479
+FP = {"mariadb-point": "select c from sbtest? where id=?",
+      "pg-simple": "select abalance from pgbench_accounts where aid = ?",
+      "pg-extended": "select abalance from pgbench_accounts where aid = $1"}
+
+
+def server_cpu_s(pid):
+    """CPU seconds of a server: the process, its reaped children (PostgreSQL
+    backends that exited) and its live children, from /proc. Probe traps are
+    charged to the traced process, so this is what the DBA pays."""
+    def times(p, reaped):
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        n = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if reaped else 0)
+        return n
+    total = times(pid, True)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        total += times(int(child), False)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Scraper:
+    """Prometheus stand-in for the serve condition: GET /metrics every second."""
+
+    def __init__(self, port):
+        import threading
+        self.port = port
+        self.stop_flag = threading.Event()
+        self.last = ""
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def get(self):
+        import urllib.request
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+
+    def loop(self):
+        while not self.stop_flag.wait(1.0):
+            try:
+                self.last = self.get()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stop_flag.set()
+        self.thread.join()
+        time.sleep(1.2)
+        self.last = self.get()
 PG_TEXT = "SELECT abalance FROM pgbench_accounts"
 MY_TEXT = "SELECT c FROM sbtest1 WHERE id="
 
@@ -124,6 +174,11 @@ class Bench:
         out = self.tmp / f"{workload}-{cond}.out"
         if cond in OURS:
             return Tracer([sys.executable, "-m", "dbslower", engine, "-p", str(pid), *OURS[cond]], b"Tracing", out)
+        if cond == "serve":
+            t = Tracer([sys.executable, "-m", "dbslower", "serve", "-p", str(pid), "--fingerprint-metrics",
+                        "--listen", f"127.0.0.1:{SERVE_PORT}"], b"Tracing", out)
+            t.scraper = Scraper(SERVE_PORT)
+            return t
         if cond == "bcc":
             if engine == "mysql":
                 argv = ["-x", "/usr/sbin/mariadbd"]
@@ -149,6 +204,9 @@ class Bench:
             return row
         if tracer is None:
             return row
+        scraper = getattr(tracer, "scraper", None)
+        if scraper:
+            scraper.stop()
         text = tracer.stop()
         row.update(cpu_s=tracer.cpu_s, rss_mb=tracer.rss_mb, attach_s=tracer.attach_s)
         needle = MY_TEXT if workload == "mariadb-point" else PG_TEXT
@@ -156,7 +214,14 @@ class Bench:
         m = re.search(rb"(\d+) events lost", tracer.stderr)
         if m:
             lost = int(m.group(1))
-        if cond in ("stream", "bcc"):
+        if cond == "serve":
+            fp = FP[workload]
+            m = re.search(r'^dbslower_query_duration_seconds_count\{[^}]*db_query_summary="' + re.escape(fp)
+                          + r'"[^}]*\} (\S+)', scraper.last, re.M)
+            row["events"] = int(float(m.group(1))) if m else 0
+            lost = int(sum(float(x) for x in re.findall(r"^dbslower_events_lost_total\{[^}]*\} (\S+)",
+                                                          scraper.last, re.M)))
+        elif cond in ("stream", "bcc"):
             row["events"] = text.count(needle)
         elif cond in ("digest", "hist"):
             doc = json.loads(text.strip().splitlines()[-1])
@@ -164,20 +229,25 @@ class Bench:
             if cond == "hist":
                 row["events"] = doc["count"]
             else:
-                fp = "select c from sbtest? where id=?" if workload == "mariadb-point" else \
-                    "select abalance from pgbench_accounts where aid = ?" if workload == "pg-simple" else \
-                    "select abalance from pgbench_accounts where aid = $1"
-                row["events"] = sum(r["calls"] for r in doc["rows"] if r["fingerprint"] == fp)
+                row["events"] = sum(r["calls"] for r in doc["rows"] if r["fingerprint"] == FP[workload])
         row["lost"] = lost
         row["statements"] = statements
         return row
 
     def run_workload(self, workload):
+        """(throughput/s, statements); the server's CPU per statement goes to self.cpu_us."""
+        pid = self.my.pid if workload == "mariadb-point" else self.pg.pid
+        cpu0 = server_cpu_s(pid)
         if workload == "pg-simple":
-            return self.pgbench("simple")
-        if workload == "pg-extended":
-            return self.pgbench("extended")
-        return self.sysbench()
+            tps, n = self.pgbench("simple")
+        elif workload == "pg-extended":
+            tps, n = self.pgbench("extended")
+        else:
+            tps, n = self.sysbench()
+        if workload != "mariadb-point":
+            time.sleep(0.3)  # the backends exit and are reaped, so their CPU is counted
+        self.cpu_us = (server_cpu_s(pid) - cpu0) / n * 1e6 if n else None
+        return tps, n
 
     def bcc_pg(self, workload):
         """bcc's tool attaches per PID: start pgbench, then trace its backends."""
@@ -231,16 +301,19 @@ class Bench:
             for workload in self.args.workloads:
                 for rnd in range(self.args.rounds):
                     for cond in self.args.conditions:
+                        base_cpu = None
                         if cond == "bcc" and workload == "pg-simple":
                             base = self.baseline_like_bcc_pg(workload)
                         else:
                             base = self.run_workload(workload)[0]
+                            base_cpu = self.cpu_us
+                        self.cpu_us = None
                         got = self.measure(workload, cond)
                         if got is None:
                             continue
                         tps, row = got
                         row.update(workload=workload, condition=cond, round=rnd, baseline=base, tps=tps,
-                                   ratio=tps / base)
+                                   ratio=tps / base, base_cpu_us=base_cpu, cpu_us=self.cpu_us)
                         self.results.append(row)
                         print(f"{workload:14} {cond:9} round {rnd}: {tps:9.0f}/s vs {base:9.0f}/s = "
                               f"{tps / base:.3f}  {({k: v for k, v in row.items() if k in ('events', 'statements', 'lost', 'cpu_s', 'rss_mb')})}",
@@ -272,8 +345,11 @@ class Bench:
                  f"{self.args.seconds} s per run, {self.args.rounds} rounds, each condition right after its own "
                  "baseline run; ratio = throughput with the condition / that baseline (median over rounds). "
                  "vs floor = ratio / the floor's ratio (same probes, empty handlers). 2 clients, 2 cores.", "",
-                 "| workload | condition | ratio | vs floor | events / statements | lost | tracer CPU s | peak RSS MB |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "Server CPU per statement: the server processes' utime+stime (/proc, backends included) over "
+                 "the run divided by the statements executed; added = with the condition minus its baseline run, "
+                 "in microseconds (median over rounds).", "",
+                 "| workload | condition | ratio | vs floor | server CPU us/stmt | added us/stmt | events / statements | lost | tracer CPU s | peak RSS MB |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for workload in self.args.workloads:
             rows = [r for r in self.results if r["workload"] == workload]
             floor = [r["ratio"] for r in rows if r["condition"] == "floor"]
@@ -289,7 +365,10 @@ class Bench:
                 lost = ", ".join(str(r["lost"]) for r in rs if "lost" in r) or "-"
                 cpu = ", ".join(f"{r['cpu_s']:.1f}" for r in rs if "cpu_s" in r) or "-"
                 rss = f"{max(r['rss_mb'] for r in rs if 'rss_mb' in r):.0f}" if any("rss_mb" in r for r in rs) else "-"
-                lines.append(f"| {workload} | {cond} | {ratio:.3f} | {vs_floor} | {evs} | {lost} | {cpu} | {rss} |")
+                cpus = [r for r in rs if r.get("cpu_us") is not None and r.get("base_cpu_us") is not None]
+                scpu = f"{statistics.median(r['cpu_us'] for r in cpus):.1f}" if cpus else "-"
+                added = f"{statistics.median(r['cpu_us'] - r['base_cpu_us'] for r in cpus):+.2f}" if cpus else "-"
+                lines.append(f"| {workload} | {cond} | {ratio:.3f} | {vs_floor} | {scpu} | {added} | {evs} | {lost} | {cpu} | {rss} |")
         lines += ["", f"Time from start to the Tracing line with 200 idle PostgreSQL connections: "
                       f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}", "",
                   "Cost per statement without a database's noise (bench/probe_cost.py: a stand-in postgres "

@@ -62,6 +62,23 @@ def postgres_demo():
         trace(["postgres", "--digest", "-p", str(pg.pid)], lambda: pg.pgbench("-n", "-c", "2", "-T", "3"))
 
 
+def top_demo(pg, my):
+    """dbslower top --once: one frame of the live view, both engines, over 3 s."""
+    banner("dbslower top --once -i 3 (the live view, as one plain-text frame): pgbench and sysbench underneath")
+    load = [threading.Thread(target=pg.pgbench, args=("-n", "-c", "2", "-T", "4")),
+            threading.Thread(target=my.sysbench, args=("oltp_read_only", "--tables=1", "--table-size=10000",
+                                                       "--time=4", "--threads=1", "run")),
+            threading.Thread(target=pg.psql, args=("SELECT pg_sleep(0.3) /* deliberately slow */",))]
+    for t in load:
+        t.start()
+    time.sleep(0.5)
+    env = dict(ENV, COLUMNS="120")
+    subprocess.run([sys.executable, "-m", "dbslower", "top", "--once", "-i", "3", "-m", "100",
+                    "-p", f"{pg.pid},{my.pid}"], env=env, check=False)
+    for t in load:
+        t.join()
+
+
 def mariadb_demo():
     with MariaServer() as my:
         my.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
@@ -87,4 +104,8 @@ if __name__ == "__main__":
         raise SystemExit("make demo must run as root")
     postgres_demo()
     mariadb_demo()
+    with PgServer() as pg, MariaServer() as my:
+        pg.pgbench("-i", "-s", "2", "-q")
+        my.sysbench("oltp_read_only", "--tables=1", "--table-size=10000", "prepare")
+        top_demo(pg, my)
     print("\ndemo finished", flush=True)

@@ -69,9 +69,10 @@ def preflight():
     if tracefs == "unreadable":
         problems.append(NoBPF("tracefs is mounted but this user cannot read it (tracepoints are found there)",
                               "run as root, or grant CAP_DAC_READ_SEARCH as contrib/dbslower.service does"))
-    elif tracefs == "missing" and not os.path.exists(UPROBE_PMU):
-        problems.append(NoBPF("uprobes are unavailable: no uprobe PMU and no uprobe_events in tracefs",
-                              "mount tracefs with 'mount -t tracefs tracefs /sys/kernel/tracing'; "
+    elif tracefs == "missing":
+        what = "tracepoints (-p, serve)" if os.path.exists(UPROBE_PMU) else "uprobes and tracepoints"
+        problems.append(NoBPF(f"tracefs is not mounted (no uprobe_events): {what} are unavailable",
+                              "mount it with 'mount -t tracefs tracefs /sys/kernel/tracing'; "
                               "the kernel needs CONFIG_UPROBE_EVENTS"))
     if not os.path.exists("/proc/sys/kernel/unprivileged_bpf_disabled"):
         problems.append(NoBPF("this kernel has no BPF system call (CONFIG_BPF_SYSCALL)"))

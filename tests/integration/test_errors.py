@@ -118,7 +118,7 @@ def test_missing_headers_and_tracefs_reported_together():
         f"mount -t tmpfs none {mod} && "
         "mount -t tmpfs none /sys/kernel/tracing && "
         "(mount -t tmpfs none /sys/kernel/debug 2>/dev/null || true)")
-    assert_clean_error(r, 4, "uprobes are unavailable", "kernel headers for", "apt-get install linux-headers")
+    assert_clean_error(r, 4, "tracefs is not mounted", "kernel headers for", "apt-get install linux-headers")
     assert len(r.stderr.strip().splitlines()) == 2
 
 

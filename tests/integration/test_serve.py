@@ -51,13 +51,15 @@ class Serve:
         if ready:
             self.wait_stderr("Tracing", 60)
 
+    final = None  # (stdout, stderr) once the files are gone
+
     @property
     def stderr(self):
-        return self.err_path.read_text(errors="replace")
+        return self.final[1] if self.final else self.err_path.read_text(errors="replace")
 
     @property
     def stdout(self):
-        return self.out_path.read_text(errors="replace")
+        return self.final[0] if self.final else self.out_path.read_text(errors="replace")
 
     def wait_stderr(self, needle, timeout_s=30, count=1):
         def seen():
@@ -80,9 +82,20 @@ class Serve:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def fingerprint_count(self, summary):
+        """_count of dbslower_query_duration_seconds for one fingerprint."""
+        for line in self.metrics().splitlines():
+            if line.startswith("dbslower_query_duration_seconds_count{") and \
+                    f'db_query_summary="{summary}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def wait_count(self, system, expected, timeout_s=20, **labels):
-        wait_for(lambda: self.count(system, **labels) >= expected, timeout_s,
-                 f"{expected} {system} statements in the metrics (have {self.count(system, **labels)})")
+        try:
+            wait_for(lambda: self.count(system, **labels) >= expected, timeout_s,
+                     f"{expected} {system} {labels} statements in the metrics")
+        except Exception as e:
+            raise AssertionError(f"{e}; have {self.count(system, **labels)}; stderr: {self.stderr}") from None
         time.sleep(1.2)  # two more intervals: nothing more arrives
         return self.count(system, **labels)
 
@@ -99,6 +112,7 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.final = (self.stdout, self.stderr)
         self.err_path.unlink(missing_ok=True)
         self.out_path.unlink(missing_ok=True)
 
@@ -205,7 +219,8 @@ def test_follows_a_server_started_later_restarted_and_gone():
         try:
             serve.wait_stderr("tracing postgresql")
             pg.pgbench("-i", "-s", "1", "-q")
-            base = serve.wait_count("postgresql", 1)
+            serve.wait_count("postgresql", 1)
+            base = serve.count("postgresql", db_operation_name="SELECT")
             pg.pgbench("-n", "-S", "-t", "500")
             after_first = serve.wait_count("postgresql", base + 500, db_operation_name="SELECT")
             old_pid = pg.pid
@@ -223,15 +238,25 @@ def test_follows_a_server_started_later_restarted_and_gone():
 
 
 def test_follows_a_restarted_postmaster_given_with_p():
+    """The server's log is the oracle: every SELECT it logged, before and
+    after the restart, is counted once."""
     with PgServer() as pg:
         pg.pgbench("-i", "-s", "1", "-q")
+        log = pg.log_statements(True)
+        start = log.stat().st_size
+
+        def logged_selects():
+            return sum(1 for x in parse_pg_log(log.read_text(errors="replace")[start:])
+                       if x.query.lstrip().upper().startswith("SELECT"))
         with Serve("-p", pg.pid) as serve:
             pg.pgbench("-n", "-S", "-t", "300")
             n = serve.wait_count("postgresql", 300, db_operation_name="SELECT")
+            assert n == logged_selects()
             pg.restart()
             time.sleep(1.5)  # a rediscovery
             pg.pgbench("-n", "-S", "-t", "400")
-            assert serve.wait_count("postgresql", n + 400, db_operation_name="SELECT") == n + 400
+            total = serve.wait_count("postgresql", n + 400, db_operation_name="SELECT")
+            assert total == logged_selects()
             assert serve.stop() == 0
 
 
@@ -239,9 +264,7 @@ def test_server_in_its_own_mount_namespace():
     """A postmaster whose binary exists only inside its mount namespace (as in
     a container): found through /proc/PID/root and traced, once per inode."""
     require(shutil.which("unshare") is not None, "unshare is missing")
-    with PgServer() as ref:  # for initdb; its cluster is stopped and reused below
-        pass
-    pg = PgServer()
+    pg = PgServer()  # initdb on the host; the cluster is then run from inside the namespace
     pg.start()
     pg.pgbench("-i", "-s", "1", "-q")
     pg.shutdown()
@@ -261,10 +284,10 @@ def test_server_in_its_own_mount_namespace():
         assert exe.startswith(inner) and not os.path.exists(exe)  # not on the host
         with Serve("-p", proc.pid, "-m", "0", "--log", "-") as serve:
             pg.pgbench("-n", "-S", "-t", "250")
-            assert serve.wait_count("postgresql", 250, db_operation_name="SELECT") == 250
+            serve.wait_count("postgresql", 250, db_operation_name="SELECT")
             assert serve.stop() == 0
         events = [json.loads(line) for line in serve.stdout.splitlines()]
-        assert sum(1 for e in events if e["query_summary"].startswith("select abalance")) == 250
+        assert sum(1 for e in events if e["query_summary"] == "select abalance from pgbench_accounts where aid = ?") == 250
         assert "/proc/" in serve.stderr  # attached through the process's root
     finally:
         proc.send_signal(signal.SIGINT)
@@ -337,12 +360,13 @@ def test_runs_unprivileged_with_capabilities(pg, tmp_path):
     prefix = ["setpriv", "--reuid=dbslower_agent", "--regid=dbslower_agent", "--clear-groups",
               f"--inh-caps={names}", f"--ambient-caps={names}", f"--bounding-set=-all,{names}", "--no-new-privs"]
     env = dict(ENV, HOME=str(tmp_path))
-    with Serve("-p", pg.pid, env=env, prefix=prefix) as serve:
+    with Serve("-p", pg.pid, "--fingerprint-metrics", env=env, prefix=prefix) as serve:
         status = Path(f"/proc/{serve.proc.pid}/status").read_text()
         assert re.search(r"^Uid:\s+(\d+)", status, re.M)[1] != "0"
         assert re.search(r"^NoNewPrivs:\s+1", status, re.M)
         pg.pgbench("-n", "-S", "-t", "600")
-        assert serve.wait_count("postgresql", 600, db_operation_name="SELECT") == 600
+        serve.wait_count("postgresql", 600, db_operation_name="SELECT")
+        assert serve.fingerprint_count("select abalance from pgbench_accounts where aid = ?") == 600
         assert serve.stop() == 0
 
 
@@ -353,8 +377,31 @@ def test_systemd_unit_verifies(tmp_path):
     local = unit.replace("/usr/bin/dbslower", str(ROOT / ".venv" / "bin" / "dbslower"))
     path = tmp_path / "dbslower.service"
     path.write_text(local)
-    r = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+    # Its Documentation= is checked with man(1): the page as `make man` builds it.
+    (tmp_path / "man" / "man1").mkdir(parents=True)
+    subprocess.run([str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/manpage.py"),
+                    str(tmp_path / "man" / "man1" / "dbslower.1")], check=True)
+    r = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True,
+                       env=dict(os.environ, MANPATH=str(tmp_path / "man")))
     assert r.returncode == 0, r.stderr
     assert "dbslower.service" not in r.stderr, r.stderr  # no warning about our unit
     for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
         assert option in unit
+
+
+def test_log_rate_budget_sheds_lines_not_counts(pg):
+    """Over its budget the log samples, and says how many it left out; the
+    metrics still count every statement."""
+    with Serve("-p", pg.pid, "-m", "0", "--log", "-", "--log-rate", "20", "--fingerprint-metrics") as serve:
+        pg.pgbench("-n", "-S", "-t", "3000")
+        summary = "select abalance from pgbench_accounts where aid = ?"
+        wait_for(lambda: serve.fingerprint_count(summary) >= 3000, 20, "the metrics")
+        time.sleep(1.2)
+        assert serve.fingerprint_count(summary) == 3000
+        text = serve.metrics()
+        written = float(re.search(r"^dbslower_log_written_total (\S+)", text, re.M)[1])
+        sampled = float(re.search(r"^dbslower_log_sampled_out_total (\S+)", text, re.M)[1])
+        assert serve.stop() == 0
+    lines = serve.stdout.splitlines()
+    assert len(lines) == written < 3000
+    assert sampled > 0 and written + sampled >= 3000
