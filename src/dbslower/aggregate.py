@@ -10,10 +10,46 @@ import time
 from dataclasses import dataclass, field
 
 from dbslower import hist
-from dbslower.fingerprint import fingerprint, fingerprint_id
+from dbslower.fingerprint import OPERATIONS, fingerprint, fingerprint_id
 
 QUANTILES = (0.50, 0.95, 0.99)
 CONTEXTS_PER_FINGERPRINT = 8  # (user, db) pairs remembered per fingerprint, for filtering
+
+
+# Fingerprints evicted from the kernel's full digest table are folded into one
+# row per operation, under an even pseudo fingerprint (the kernel's are odd:
+# bpf/dbslower.c stores hash | 1), so totals stay exact and metrics keep
+# their db_operation_name.
+OPERATION_ORDER = sorted(OPERATIONS | {"OTHER"})
+OTHER_TEXT = "(other fingerprints, evicted from the kernel's table)"
+
+
+def other_fp(operation):
+    return 2 * (1 + OPERATION_ORDER.index(operation))
+
+
+def other_operation(kfp):
+    """The operation of a pseudo fingerprint, or None for a kernel one."""
+    if kfp and kfp % 2 == 0 and kfp // 2 - 1 < len(OPERATION_ORDER):
+        return OPERATION_ORDER[kfp // 2 - 1]
+    return None
+
+
+def by_fingerprint(stats, hists):
+    """Raw digests keyed (fp, db_id, server_id[, failed]) added up per fp:
+    {fp: [calls, total_ns, max_ns, failed]}, {fp: {bucket: count}}."""
+    out_stats, out_hists = {}, {}
+    for (fp, _db, _server), v in stats.items():
+        row = out_stats.setdefault(fp, [0, 0, 0, 0])
+        row[0] += v[0]
+        row[1] += v[1]
+        row[2] = max(row[2], v[2])
+        row[3] += v[3]
+    for (fp, _db, _server, _failed), h in hists.items():
+        out = out_hists.setdefault(fp, {})
+        for b, n in h.items():
+            out[b] = out.get(b, 0) + n
+    return out_stats, out_hists
 
 
 def iso(ns):
@@ -47,7 +83,16 @@ class DigestBook:
         if ctx != (None, None) and ctx not in seen and len(seen) < CONTEXTS_PER_FINGERPRINT:
             seen.append(ctx)
 
+    def forget(self, kfp):
+        """A kernel fingerprint left the kernel's table."""
+        self.samples.pop(kfp, None)
+        self.user_fp.pop(kfp, None)
+        self.contexts.pop(kfp, None)
+
     def group(self, kfp):
+        op = other_operation(kfp)
+        if op:
+            return f"{op.lower()} {OTHER_TEXT}"
         fp = self.user_fp.get(kfp)
         if fp is None:
             sample = self.samples.get(kfp)

@@ -255,3 +255,20 @@ def trace_context(query):
     if not m or m[1].lower() == "ff" or set(m[2]) == {"0"} or set(m[3]) == {"0"}:
         return None  # version ff and all-zero ids are invalid (W3C Trace Context 3.2)
     return m[2].lower(), m[3].lower()
+
+
+# db.operation.name: the statement's first keyword, from a bounded set so the
+# label cannot grow without limit; anything else is OTHER.
+OPERATIONS = frozenset("""
+SELECT INSERT UPDATE DELETE MERGE REPLACE WITH VALUES TABLE BEGIN START COMMIT END ROLLBACK ABORT
+SAVEPOINT RELEASE PREPARE EXECUTE DEALLOCATE CALL DO SET RESET SHOW EXPLAIN CREATE ALTER DROP
+TRUNCATE RENAME GRANT REVOKE COPY VACUUM ANALYZE CLUSTER REINDEX LOCK UNLOCK LISTEN NOTIFY
+UNLISTEN DECLARE FETCH MOVE CLOSE DISCARD CHECKPOINT REFRESH COMMENT USE LOAD HANDLER XA FLUSH
+KILL OPTIMIZE CHECK REPAIR DESCRIBE DESC HELP
+""".split())
+
+
+def operation_name(fingerprint_text):
+    word = fingerprint_text.lstrip("( ").split(None, 1)[0].upper() if fingerprint_text.strip("( ") else ""
+    word = word.rstrip(";(")
+    return word if word in OPERATIONS else "OTHER"

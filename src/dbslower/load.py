@@ -170,6 +170,7 @@ class Tracer:
     def __init__(self, plan):
         self.plan = plan
         self.loaded = []
+        self._capacity = None
 
     def program_text(self, target):
         flags = self.plan.cflags(target)
@@ -289,33 +290,55 @@ class Tracer:
         failed): {bucket: count}}."""
         stats, hists = {}, {}
         for lt in self.loaded:
-            for k, v in _hash_items(lt.bpf["digests"]):
-                row = stats.setdefault((k.fp, k.db_id, k.server_id), [0, 0, 0, 0, 0])
-                row[0] += v.calls
-                row[1] += v.total_ns
-                row[2] = max(row[2], v.max_ns)
-                row[3] += v.failed
-                row[4] += v.failed_ns
-            for k, v in _hash_items(lt.bpf["digest_hist"]):
-                h = hists.setdefault((k.fp, k.db_id, k.server_id, k.failed), {})
-                h[k.bucket] = h.get(k.bucket, 0) + _int(v)
+            # The overflow maps' entries have fp 0: counted while `digests` was full.
+            for name in ("digests", "digest_overflow"):
+                for k, v in _hash_items(lt.bpf[name]):
+                    row = stats.setdefault((k.fp, k.db_id, k.server_id), [0, 0, 0, 0, 0])
+                    row[0] += v.calls
+                    row[1] += v.total_ns
+                    row[2] = max(row[2], v.max_ns)
+                    row[3] += v.failed
+                    row[4] += v.failed_ns
+            for name in ("digest_hist", "overflow_hist"):
+                for k, v in _hash_items(lt.bpf[name]):
+                    h = hists.setdefault((k.fp, k.db_id, k.server_id, k.failed), {})
+                    h[k.bucket] = h.get(k.bucket, 0) + _int(v)
         return stats, hists
 
-    def read_digests(self):
-        """Cumulative {fp: [calls, total_ns, max_ns, failed]} and
-        {fp: {bucket: count}} over every program and database."""
-        raw_stats, raw_hists = self.read_digest_maps()
+    def digest_capacity(self):
+        """(entries of `digests`, entries of `digest_hist`) in each program."""
+        if not self._capacity:
+            lt = self.loaded[0]
+            self._capacity = (lt.bpf["digests"].max_entries, lt.bpf["digest_hist"].max_entries)
+        return self._capacity
+
+    def take_digests(self, keys, hist_keys):
+        """Removes these entries from the kernel's digest maps and returns
+        their last values, each read and deleted in one step
+        (BPF_MAP_LOOKUP_AND_DELETE_ELEM on a hash, Linux 5.14+), so no count
+        between the read and the delete is lost. keys: (fp, db_id, server_id);
+        hist_keys: (fp, db_id, server_id, failed, bucket)."""
+        from bcc import libbcc
+        fn = libbcc.lib.bpf_lookup_and_delete
+        fn.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
         stats, hists = {}, {}
-        for (fp, _db, _server), v in raw_stats.items():
-            row = stats.setdefault(fp, [0, 0, 0, 0])
-            row[0] += v[0]
-            row[1] += v[1]
-            row[2] = max(row[2], v[2])
-            row[3] += v[3]
-        for (fp, _db, _server, _failed), h in raw_hists.items():
-            out = hists.setdefault(fp, {})
-            for b, n in h.items():
-                out[b] = out.get(b, 0) + n
+        for lt in self.loaded:
+            t, h = lt.bpf["digests"], lt.bpf["digest_hist"]
+            for key in keys:
+                k, v = t.Key(), t.Leaf()
+                k.fp, k.db_id, k.server_id = key
+                if fn(t.map_fd, ct.byref(k), ct.byref(v)) == 0:
+                    row = stats.setdefault(key, [0, 0, 0, 0, 0])
+                    row[0] += v.calls
+                    row[1] += v.total_ns
+                    row[2] = max(row[2], v.max_ns)
+                    row[3] += v.failed
+                    row[4] += v.failed_ns
+            for key in hist_keys:
+                k, v = h.Key(), h.Leaf()
+                k.fp, k.db_id, k.server_id, k.failed, k.bucket = key
+                if fn(h.map_fd, ct.byref(k), ct.byref(v)) == 0:
+                    hists[key] = hists.get(key, 0) + _int(v)
         return stats, hists
 
     def seed_procs(self, procs):

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from dbslower import hist
+from dbslower.fingerprint import operation_name
 
 # Bucket bounds: 8 per power of two from 2^13 ns (8.2 us) to 2^35 ns (34 s),
 # each the upper bound of a kernel bucket (hist.py: 16 per power of two), so
@@ -34,23 +35,8 @@ def _le_index():
 
 LE_INDEX = _le_index()
 
-# db.operation.name: the statement's first keyword, from a bounded set so the
-# label cannot grow without limit; anything else is OTHER.
-OPERATIONS = frozenset("""
-SELECT INSERT UPDATE DELETE MERGE REPLACE WITH VALUES TABLE BEGIN START COMMIT END ROLLBACK ABORT
-SAVEPOINT RELEASE PREPARE EXECUTE DEALLOCATE CALL DO SET RESET SHOW EXPLAIN CREATE ALTER DROP
-TRUNCATE RENAME GRANT REVOKE COPY VACUUM ANALYZE CLUSTER REINDEX LOCK UNLOCK LISTEN NOTIFY
-UNLISTEN DECLARE FETCH MOVE CLOSE DISCARD CHECKPOINT REFRESH COMMENT USE LOAD HANDLER XA FLUSH
-KILL OPTIMIZE CHECK REPAIR DESCRIBE DESC HELP
-""".split())
 ERROR_TYPE_UNKNOWN = "_OTHER"  # OpenTelemetry's value when the error has no known code
 SUMMARY_CHARS = 120
-
-
-def operation_name(fingerprint_text):
-    word = fingerprint_text.lstrip("( ").split(None, 1)[0].upper() if fingerprint_text.strip("( ") else ""
-    word = word.rstrip(";(")
-    return word if word in OPERATIONS else "OTHER"
 
 
 class _Acc:

@@ -17,14 +17,53 @@ object with some of these methods (all optional):
 
 import time
 
-from dbslower.aggregate import DigestBook, digest_report, hist_report
+from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
 from dbslower.decode import KIND_QUERY, KIND_SAMPLE, PAGE, Decoder, RingReader, wait_readable
 from dbslower.discover import container_id, namespace_pid
-from dbslower.plan import app_name_symbols
+from dbslower.fingerprint import operation_name
+from dbslower.plan import DIGEST_MODES, app_name_symbols
 
 # Index in the kernel's `counters` array -> reason shown to the user.
 LOSS_REASONS = ("ring buffer full", "aggregation map full")
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
+# Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
+# leaving room for a burst of new shapes before the next look.
+EVICT_ABOVE, EVICT_TO = 0.75, 0.5
+MAINTAIN_EVERY_S = 0.25  # how often a filling digest map is looked at
+
+
+OVERFLOW_FP = other_fp("OTHER")  # the kernel's fp 0: counted while its table was full
+
+
+def _merged(raw, folded):
+    """Kernel maps plus the folded entries, as new dicts; the kernel's
+    overflow entries (fp 0) under their pseudo fingerprint."""
+    stats, hists = {}, {}
+    for k, v in raw[0].items():
+        if k[0] == 0:
+            k = (OVERFLOW_FP,) + k[1:]
+            row = stats.setdefault(k, [0, 0, 0, 0, 0])
+            for i in (0, 1, 3, 4):
+                row[i] += v[i]
+            row[2] = max(row[2], v[2])
+        else:
+            stats[k] = list(v)
+    for k, h in raw[1].items():
+        if k[0] == 0:
+            k = (OVERFLOW_FP,) + k[1:]
+        out = hists.setdefault(k, {})
+        for b, n in h.items():
+            out[b] = out.get(b, 0) + n
+    for k, v in folded[0].items():
+        row = stats.setdefault(k, [0, 0, 0, 0, 0])
+        for i in (0, 1, 3, 4):
+            row[i] += v[i]
+        row[2] = max(row[2], v[2])
+    for k, h in folded[1].items():
+        out = hists.setdefault(k, {})
+        for b, n in h.items():
+            out[b] = out.get(b, 0) + n
+    return stats, hists
 
 
 class Source:
@@ -43,6 +82,12 @@ class Source:
         # db.system.name: postgresql, mariadb or mysql
         self.system_name = flavors[0] if len(flavors) == 1 else ("postgresql" if self.engine == "postgres" else "mysql")
         self.prev = None          # the snapshot of the previous interval
+        self.raw = None           # digest modes: the kernel's maps as last read
+        self.prev_raw = None      # ... as read for `prev`
+        self.folded = ({}, {})    # evicted digests, under pseudo fingerprints (raw keys)
+        self.last_calls = {}      # raw key -> calls, at the previous eviction check
+        self.evicted = 0
+        self.next_full_look = 0.0
         # serve (SERVER_IDS): what the kernel's numbers mean
         self.servers = {}         # server id -> discover.Server
         self.db_names = {}        # (server id, database OID) -> name
@@ -99,11 +144,83 @@ class Source:
         """Cumulative kernel aggregates, and the losses so far."""
         if self.mode == "hist":
             return self.tracer.read_hist(), self.lost()
-        if self.mode == "serve":
-            return self.tracer.read_digest_maps(), self.lost()
-        if self.mode in ("digest", "top"):
-            return self.tracer.read_digests(), self.lost()
+        if self.mode in DIGEST_MODES:
+            self.raw = self.tracer.read_digest_maps()
+            stats, hists = _merged(self.raw, self.folded)
+            if self.mode == "serve":
+                return (stats, hists), self.lost()
+            return by_fingerprint(stats, hists), self.lost()
         return None, self.lost()
+
+    def maintenance_due(self, now):
+        """A map far from full is looked at only every 10 s."""
+        if self.raw is None or now >= self.next_full_look:
+            self.next_full_look = now + 10.0
+            return True
+        return len(self.raw[0]) >= 0.25 * self.tracer.digest_capacity()[0]
+
+    def set_prev(self, snap):
+        self.prev = snap
+        self.prev_raw = self.raw
+
+    def evict_cold(self):
+        """When the kernel's digest maps fill up, takes the entries that did
+        not grow since the last look out of them, and folds their counts into
+        one pseudo fingerprint per operation (aggregate.other_fp), so new
+        statement shapes keep being counted and every total stays exact.
+        Needs self.raw, read by snapshot() just before."""
+        if self.mode not in DIGEST_MODES or self.raw is None:
+            return 0
+        raw_stats, raw_hists = self.raw
+        last, self.last_calls = self.last_calls, {k: v[0] for k, v in raw_stats.items()}
+        cap_stats, cap_hist = self.tracer.digest_capacity()
+        n_stats = sum(1 for k in raw_stats if k[0])
+        n_hist = sum(len(h) for k, h in raw_hists.items() if k[0])
+        if n_stats < EVICT_ABOVE * cap_stats and n_hist < EVICT_ABOVE * cap_hist:
+            return 0
+        # Coldest first: unchanged since the last look, then the fewest calls.
+        order = sorted((k for k in raw_stats if k[0]), key=lambda k: (last.get(k) != raw_stats[k][0], raw_stats[k][0]))
+        fill = max(n_stats / cap_stats, n_hist / cap_hist)
+        n = max(1, int(len(order) * (1 - EVICT_TO / fill)))
+        victims = set(order[:n])
+        hist_keys = [(fp, db, srv, failed, b) for (fp, db, srv, failed), h in raw_hists.items()
+                     if (fp, db, srv) in victims for b in h]
+        stats, hists = self.tracer.take_digests(victims, hist_keys)
+        f_stats, f_hists = self.folded
+        prev_stats, prev_hists = self.prev[0] if self.prev and self.prev[0] and self.mode != "serve" else ({}, {})
+        p_stats, p_hists = self.prev_raw if self.prev_raw else ({}, {})
+        for key, v in stats.items():
+            fp, db, srv = key
+            pseudo = other_fp(operation_name(self.book.group(fp)))
+            row = f_stats.setdefault((pseudo, db, srv), [0, 0, 0, 0, 0])
+            for i in (0, 1, 3, 4):
+                row[i] += v[i]
+            row[2] = max(row[2], v[2])
+            # The last interval report counted part of it under its own
+            # fingerprint: that part moves to the pseudo one in `prev`, so
+            # the next interval reports only what came after.
+            before = p_stats.get(key)
+            if before and fp in prev_stats:
+                pr = prev_stats[fp]
+                for i in (0, 1, 3):
+                    pr[i] -= before[i]
+                po = prev_stats.setdefault(pseudo, [0, 0, 0, 0])
+                for i in (0, 1, 3):
+                    po[i] += before[i]
+        for (fp, db, srv, failed, b), n_b in hists.items():
+            pseudo = other_fp(operation_name(self.book.group(fp)))
+            h = f_hists.setdefault((pseudo, db, srv, failed), {})
+            h[b] = h.get(b, 0) + n_b
+            before = p_hists.get((fp, db, srv, failed), {}).get(b, 0)
+            if before and fp in prev_hists:
+                prev_hists[fp][b] = prev_hists[fp].get(b, 0) - before
+                ph = prev_hists.setdefault(pseudo, {})
+                ph[b] = ph.get(b, 0) + before
+        alive = {k[0] for k in raw_stats if k not in victims}
+        for fp in {k[0] for k in victims} - alive:
+            self.book.forget(fp)
+        self.evicted += len(stats)
+        return len(stats)
 
     def report(self, start_ns, end_ns, snap, prev):
         data, lost = snap
@@ -192,6 +309,8 @@ class Pipeline:
         deadline = start_mono + self.duration_s if self.duration_s else None
         next_at = start_mono + self.interval_s if self.interval_s else None
         next_discovery = start_mono + self.rediscover_s if self.rediscover else None
+        digesting = [src for src in self.sources if src.mode in DIGEST_MODES]
+        next_maintain = start_mono + MAINTAIN_EVERY_S if digesting or self.rediscover else None
         interval_start, reported = run_start, 0
         lost_said, lost_check = 0, start_mono + LOST_REPORT_EVERY_S
         while not stop.set:
@@ -203,12 +322,22 @@ class Pipeline:
                 fds = self._fds()
                 next_discovery = now + self.rediscover_s
                 continue
+            if next_maintain and now >= next_maintain and not (next_at and next_at - now < MAINTAIN_EVERY_S):
+                # Between reports: keep room in the digest maps.
+                self._drain()
+                for src in self.sources:
+                    if src.mode in DIGEST_MODES and src.maintenance_due(now):
+                        src.snapshot()
+                        src.evict_cold()
+                next_maintain = now + MAINTAIN_EVERY_S
+                continue
             if next_at and now >= next_at:
                 snaps, end = self._snapshots()
                 stop_now = _call(sinks, "on_snapshots", list(zip(self.sources, snaps)))
                 stop_now |= _call(sinks, "on_interval", self._reports(interval_start, end, snaps, True))
                 for src, snap in zip(self.sources, snaps):
-                    src.prev = snap
+                    src.set_prev(snap)
+                    src.evict_cold()
                 if stop_now:
                     break
                 interval_start, reported = end, reported + 1
@@ -225,7 +354,7 @@ class Pipeline:
                     self.notify(f"{lost - lost_said} events lost in the last {LOST_REPORT_EVERY_S:g} s "
                                 f"({lost} in all): {self._loss_detail()}")
                     lost_said = lost
-            wake = min(x for x in (next_at, deadline, next_discovery, now + 0.2) if x is not None)
+            wake = min(x for x in (next_at, deadline, next_discovery, next_maintain, now + 0.2) if x is not None)
             got = self._drain()
             if got:
                 # Let records accumulate: fewer, larger batches cost less CPU.

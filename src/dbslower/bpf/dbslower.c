@@ -161,7 +161,14 @@ BPF_PERCPU_ARRAY(hist_extra, u64, 2);
 
 #if MODE == MODE_DIGEST
 BPF_HASH(digests, struct digest_key, struct digest_stats, DIGEST_ENTRIES);
+/* 16384 statement shapes at once; user space folds cold ones away above 75%
+ * (pipeline.py, Source.evict_cold). 8 buckets per shape on average. */
 BPF_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
+/* While `digests` is full (a burst of new shapes faster than user space
+ * folds), statements are counted here without their fingerprint (fp 0),
+ * per database and server: 1024 such pairs, and their buckets. */
+BPF_HASH(digest_overflow, struct digest_key, struct digest_stats, 1024);
+BPF_HASH(overflow_hist, struct hist_key, u64, 16384);
 #include "fingerprint.h"
 
 /* A finished statement waiting for its fingerprint. Hashing runs in
@@ -231,9 +238,34 @@ static __always_inline void finish_statement(struct query_event *ev)
 }
 
 #if MODE == MODE_DIGEST
+/* Adds one to a statement's bucket, in digest_hist or, while the digest
+ * table is full, overflow_hist. (bcc allows no map calls in a macro.) */
+static __always_inline void count_bucket(struct hist_key *hk, int overflow)
+{
+	u64 one = 1;
+	u64 *c = overflow ? overflow_hist.lookup(hk) : digest_hist.lookup(hk);
+	if (c) {
+		__sync_fetch_and_add(c, 1);
+		return;
+	}
+	/* insert fails with -EEXIST when another CPU won the race */
+	int err = overflow ? overflow_hist.insert(hk, &one) : digest_hist.insert(hk, &one);
+	if (err == 0)
+		return;
+	c = overflow ? overflow_hist.lookup(hk) : digest_hist.lookup(hk);
+	if (c)
+		__sync_fetch_and_add(c, 1);
+	else
+		count(CTR_MAP_FULL);
+}
+
 static __always_inline void digest_update(struct query_event *ev, u64 fp)
 {
+	u32 failed = (ev->flags & EV_FAILED) ? 1 : 0;
 	struct digest_key dk = {.fp = fp, .db_id = ev->db_id, .server_id = ev->server_id};
+	struct hist_key hk = {.fp = fp, .db_id = ev->db_id, .server_id = ev->server_id,
+			      .bucket = hist_bucket(ev->duration_ns), .failed = failed};
+	int overflow = 0;
 	struct digest_stats *st = digests.lookup(&dk);
 	if (!st) {
 		struct digest_stats zero = {};
@@ -241,10 +273,21 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 		int first = digests.insert(&dk, &zero) == 0;
 		st = digests.lookup(&dk);
 		if (!st) {
-			count(CTR_MAP_FULL);
-			return;
-		}
-		if (first) {
+			/* Full: counted without its fingerprint until user space
+			 * makes room. */
+			dk.fp = 0;
+			hk.fp = 0;
+			st = digest_overflow.lookup(&dk);
+			if (!st) {
+				digest_overflow.insert(&dk, &zero);
+				st = digest_overflow.lookup(&dk);
+			}
+			if (!st) {
+				count(CTR_MAP_FULL);
+				return;
+			}
+			overflow = 1;
+		} else if (first) {
 			/* The first statement of a fingerprint carries its text. */
 			ev->kind = KIND_SAMPLE;
 			ev->fp = fp;
@@ -253,7 +296,6 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 				count(CTR_LOST_EVENTS);
 		}
 	}
-	u32 failed = (ev->flags & EV_FAILED) ? 1 : 0;
 	__sync_fetch_and_add(&st->calls, 1);
 	__sync_fetch_and_add(&st->total_ns, ev->duration_ns);
 	if (ev->duration_ns > st->max_ns)
@@ -273,19 +315,7 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 			count(CTR_LOST_EVENTS);
 	}
 #endif
-	struct hist_key hk = {.fp = fp, .db_id = ev->db_id, .server_id = ev->server_id,
-			      .bucket = hist_bucket(ev->duration_ns), .failed = failed};
-	u64 one = 1;
-	u64 *hc = digest_hist.lookup(&hk);
-	if (hc) {
-		__sync_fetch_and_add(hc, 1);
-	} else if (digest_hist.insert(&hk, &one) != 0) {
-		hc = digest_hist.lookup(&hk);
-		if (hc)
-			__sync_fetch_and_add(hc, 1);
-		else
-			count(CTR_MAP_FULL);
-	}
+	count_bucket(&hk, overflow);
 }
 
 /* Hashes the next FP_CHUNK bytes of the pending statement, then tail-calls
