@@ -26,5 +26,9 @@ deb: setup
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# 30 minutes under ever-new statement shapes and connection churn (not in make test)
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info tests/fixtures/bin

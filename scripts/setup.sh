@@ -21,7 +21,7 @@ postgresql-15 postgresql-client-15 postgresql-contrib
 mariadb-server mariadb-client sysbench percona-toolkit
 systemtap-sdt-dev gcc g++ make procps
 python3-prometheus-client python3-argparse-manpage python3-argcomplete
-prometheus tmux systemd man-db util-linux dpkg-dev"
+prometheus tmux systemd man-db util-linux dpkg-dev bpftool"
 
 missing=""
 for p in $PKGS; do

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from dbslower import hist
+from dbslower.decode import EV_NO_TEXT, TEXT_MISSING
 from dbslower.fingerprint import OPERATIONS, fingerprint, fingerprint_id
 
 QUANTILES = (0.50, 0.95, 0.99)
@@ -73,7 +74,7 @@ class DigestBook:
 
     def add_sample(self, ev):
         if ev.fp not in self.samples:
-            self.samples[ev.fp] = ev.query
+            self.samples[ev.fp] = TEXT_MISSING if (ev.flags & EV_NO_TEXT and not ev.query) else ev.query
             self.user_fp.pop(ev.fp, None)
         self.add_context(ev)
 
@@ -98,7 +99,7 @@ class DigestBook:
             sample = self.samples.get(kfp)
             if sample is None:
                 return f"(text not captured: kernel fingerprint {kfp:#018x})"
-            fp = fingerprint(self.engine, sample)
+            fp = sample if sample == TEXT_MISSING else fingerprint(self.engine, sample)
             self.user_fp[kfp] = fp
         return fp
 

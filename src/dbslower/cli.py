@@ -393,6 +393,9 @@ def run(args, out):
         lost = pipeline.loss_line()
         if lost and args.mode in ("stream", "floor"):
             _stderr(f"dbslower: {lost}")
+        missing = pipeline.missing_text_line()
+        if missing:
+            _stderr(f"dbslower: {missing}")
     return 0
 
 

@@ -30,6 +30,7 @@ HEADER = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS))
 TEXT_OFFSET = HEADER.size
 
 EV_TRUNCATED, EV_FAILED, EV_NO_TEXT = 1, 2, 4
+TEXT_MISSING = "[text unavailable: prepared before tracing]"
 KIND_QUERY, KIND_SAMPLE = 1, 2
 
 PAGE = mmap.PAGESIZE
@@ -105,6 +106,11 @@ class Event:
     @property
     def failed(self):
         return bool(self.flags & EV_FAILED)
+
+    @property
+    def text_missing(self):
+        """MySQL: a prepared statement prepared before tracing started."""
+        return bool(self.flags & EV_NO_TEXT) and not self.query
 
     @property
     def command_name(self):

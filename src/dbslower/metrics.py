@@ -89,6 +89,7 @@ class MetricsSink:
         self.folded_ops = {}     # label tuple -> _Acc, from sources no longer attached
         self.folded_fps = {}     # (system, fingerprint) -> _Acc
         self.folded_lost = {}    # reason -> count
+        self.folded_missing = 0
         self.fp_last_change = {}  # (system, fingerprint) -> (count, monotonic time it last grew)
         self.counters = {"attach_errors": 0, "text_truncated": 0, "log_sampled_out": 0, "log_written": 0}
         self.sources = []
@@ -114,6 +115,7 @@ class MetricsSink:
         _merge(self.folded_fps, f)
         for reason, n in src.lost_by_reason().items():
             self.folded_lost[reason] = self.folded_lost.get(reason, 0) + n
+        self.folded_missing += src.texts_missing()
 
     def count(self, name, n=1):
         self.counters[name] += n
@@ -184,6 +186,9 @@ class MetricsSink:
         out.append(c)
         out.append(CounterMetricFamily("dbslower_text_truncated", "Logged statements whose text was "
                                        "cut at the capture size", value=self.counters["text_truncated"]))
+        out.append(CounterMetricFamily("dbslower_text_missing", "Statements counted without their text "
+                                       "(MySQL: prepared before tracing started)",
+                                       value=self.folded_missing + sum(src.texts_missing() for src in sources)))
         out.append(CounterMetricFamily("dbslower_attach_errors", "Server binaries dbslower failed to "
                                        "load or attach probes to", value=self.counters["attach_errors"]))
         out.append(CounterMetricFamily("dbslower_log_written", "Slow statements written to the log",
@@ -199,6 +204,19 @@ class MetricsSink:
         for (system, method), n in sorted(per.items()):
             t.add_metric([system, method], n)
         out.append(t)
+        occ = GaugeMetricFamily("dbslower_digest_entries", "Entries in the kernel's digest tables "
+                                "(cold ones are folded away above 75% of capacity)", labels=["table"])
+        cap = GaugeMetricFamily("dbslower_digest_capacity", "Capacity of the kernel's digest tables, "
+                                "per attached binary", labels=["table"])
+        n_stats = sum(len(src.raw[0]) for src in sources if src.raw)
+        n_hist = sum(sum(len(h) for h in src.raw[1].values()) for src in sources if src.raw)
+        occ.add_metric(["digests"], n_stats)
+        occ.add_metric(["digest_hist"], n_hist)
+        if sources:
+            c_stats, c_hist = sources[0].tracer.digest_capacity()
+            cap.add_metric(["digests"], c_stats)
+            cap.add_metric(["digest_hist"], c_hist)
+        out += [occ, cap]
         b = GaugeMetricFamily("dbslower_build_info", "dbslower's version", labels=["version"])
         b.add_metric([self.version], 1)
         out.append(b)

@@ -7,7 +7,7 @@ caller flushes once per batch.
 import json
 import time
 
-from dbslower.decode import EV_FAILED, EV_TRUNCATED
+from dbslower.decode import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, TEXT_MISSING
 
 # Control characters (C0, DEL, C1) would break the one-line-per-query table
 # or drive the terminal (ESC sequences): show them escaped instead.
@@ -54,7 +54,8 @@ def event_dict(ev):
     checks the two agree); for the slower paths that add fields."""
     user, db, client, app = ev.context
     return {"ts": _ISO.iso(ev.start_ns), "duration_ms": round(ev.duration_ns / 1e6, 6), "query": ev.query,
-            "truncated": bool(ev.flags & EV_TRUNCATED), "status": "error" if ev.flags & EV_FAILED else "ok",
+            "truncated": bool(ev.flags & EV_TRUNCATED), "text_missing": ev.text_missing,
+            "status": "error" if ev.flags & EV_FAILED else "ok",
             "engine": ev.engine, "pid": ev.pid, "tid": ev.tid, "command": ev.command_name,
             "conn_id": ev.conn_id, "user": user, "db": db, "client": client, "application_name": app}
 
@@ -95,6 +96,7 @@ class JsonWriter:
         self.out.write(
             f'{{"ts":"{self.ts.iso(ev.start_ns)}","duration_ms":{ev.duration_ns / 1e6:.6f},'
             f'"query":{self._str(ev.query)},"truncated":{"true" if flags & EV_TRUNCATED else "false"},'
+            f'"text_missing":{"true" if flags & EV_NO_TEXT and not ev.query else "false"},'
             f'"status":"{"error" if flags & EV_FAILED else "ok"}",{self._tail_for(ev)}')
 
 
@@ -115,7 +117,7 @@ class TableWriter:
         self.out.flush()
 
     def on_event(self, ev):
-        q = escape_control(ev.query)
+        q = TEXT_MISSING if ev.text_missing else escape_control(ev.query)
         if ev.truncated:
             q += " [...]"
         head = f"{self.ts.clock(ev.start_ns):<9} {ev.pid:<7} {ev.duration_ns / 1e6:>10.3f} "

@@ -18,13 +18,14 @@ object with some of these methods (all optional):
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
-from dbslower.decode import KIND_QUERY, KIND_SAMPLE, PAGE, Decoder, RingReader, wait_readable
+from dbslower.decode import KIND_QUERY, KIND_SAMPLE, PAGE, TEXT_MISSING, Decoder, RingReader, wait_readable
 from dbslower.discover import container_id, namespace_pid
 from dbslower.fingerprint import operation_name
 from dbslower.plan import DIGEST_MODES, app_name_symbols
 
 # Index in the kernel's `counters` array -> reason shown to the user.
 LOSS_REASONS = ("ring buffer full", "aggregation map full")
+CTR_NO_TEXT = 2  # bpf/dbslower.h
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
 # leaving room for a burst of new shapes before the next look.
@@ -139,6 +140,11 @@ class Source:
 
     def lost(self):
         return sum(self.lost_by_reason().values())
+
+    def texts_missing(self):
+        """Statements reported without text (MySQL: prepared before tracing)."""
+        c = self.tracer.counters()
+        return c[CTR_NO_TEXT] if len(c) > CTR_NO_TEXT else 0
 
     def snapshot(self):
         """Cumulative kernel aggregates, and the losses so far."""
@@ -378,6 +384,11 @@ class Pipeline:
             for reason, n in src.lost_by_reason().items():
                 total[reason] = total.get(reason, 0) + n
         return ", ".join(f"{n} {reason}" for reason, n in total.items()) or "none"
+
+    def missing_text_line(self):
+        n = sum(src.texts_missing() for src in self.sources)
+        return (f"{n} statements had no text: prepared before tracing started "
+                f"(they are shown as {TEXT_MISSING})") if n else None
 
     def loss_line(self):
         """One line for the end of a run, or None when nothing was lost."""

@@ -128,3 +128,31 @@ def test_read_only_matches_slow_log(maria, ps_mode):
     # server's clock read and the probe's. Allowed for at most 1% of statements.
     assert len(off) <= max(3, len(pairs) // 100), (len(off), len(pairs), off[:10])
     assert collections.Counter(e["command"] for e in events)["COM_STMT_EXECUTE" if ps_mode == "auto" else "COM_QUERY"] >= 1600
+
+
+def test_prepared_before_tracing_is_marked_and_counted(maria):
+    """sysbench prepares its statements when it connects; dbslower attached
+    after that cannot know their text: each event says so, and it is counted."""
+    import subprocess
+    import threading
+    import time
+    t = threading.Thread(target=maria.sysbench, args=("oltp_point_select", "--tables=1", "--table-size=10000",
+                                                      "--db-ps-mode=auto", "--time=6", "--threads=1", "run"))
+    t.start()
+    time.sleep(2)
+    try:
+        with Run(["mysql", "-m", "0", "-j", "-p", maria.pid, "-d", "2"]) as run:
+            pass
+        with Run(["mysql", "-m", "0", "-p", maria.pid, "-d", "2"]) as table:
+            pass
+    finally:
+        t.join()
+    events = run.events()
+    assert events and all(e["text_missing"] and e["query"] == "" for e in events)
+    assert all(e["command"] == "COM_STMT_EXECUTE" for e in events)
+    import re
+    m = re.search(r"dbslower: (\d+) statements had no text: prepared before tracing", run.stderr)
+    # Counted until the probes detach, a moment after the last event was read.
+    assert m and len(events) <= int(m[1]) <= len(events) + 50, run.stderr
+    rows = table.stdout.splitlines()[1:]
+    assert rows and all(r.endswith("[text unavailable: prepared before tracing]") for r in rows)
