@@ -49,10 +49,14 @@ def start(args):
     return proc
 
 
+SHAPES_PER_S = 1000  # fills the kernel's 16384-entry digest table in about 16 s, again and again
+
+
 def shapes(pg, stop, counter):
-    """Ever-new fingerprints, a new connection every 50 statements."""
+    """Ever-new fingerprints at SHAPES_PER_S, a new connection every 50 statements."""
     import psycopg
     i = 0
+    t0 = time.monotonic()
     while not stop.is_set():
         with psycopg.connect(f"host={pg.sock} port={pg.port} user=postgres dbname=postgres",
                              autocommit=True) as conn:
@@ -60,6 +64,9 @@ def shapes(pg, stop, counter):
                 conn.execute(f"SELECT {i} AS shape_{i}")
                 i += 1
         counter[0] = i
+        ahead = i / SHAPES_PER_S - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def metric(text, name, **labels):
@@ -131,7 +138,7 @@ def main():
 def report(args, samples):
     base = next((s for s in samples if s["t_s"] >= 60), samples[0])
     lines = [f"# dbslower soak, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
-             f"{args.minutes:g} minutes; PostgreSQL 15; load: a new statement shape every statement and a new "
+             f"{args.minutes:g} minutes; PostgreSQL 15; load: a new statement shape every statement (1000/s) and a new "
              "connection every 50 (psycopg), plus pgbench -S at 2000/s; tracers at once: -m 0 -j (streaming), "
              "--digest 10, serve (scraped every second). Sampled every 10 s.", "",
              "| tracer | RSS after 1 min (MB) | max RSS later (MB) | growth | within 10% |", "|---|---|---|---|---|"]

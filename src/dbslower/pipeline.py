@@ -269,6 +269,7 @@ class Pipeline:
         self.rediscover_s = rediscover_s
         self.summaries = any(s.mode in ("hist", "digest", "top", "serve") for s in sources) or bool(rediscover)
         self.wants_reports = any(hasattr(s, "on_interval") or hasattr(s, "on_end") for s in sinks)
+        self.final_missing = 0
 
     def _drain(self):
         on_event = [s.on_event for s in self.sinks if hasattr(s, "on_event")]
@@ -369,6 +370,9 @@ class Pipeline:
                 wait_readable(fds, max(0.0, wake - now))
             if _call(sinks, "poll"):
                 break
+        # Counters first, then the last events: each counted statement's event is
+        # then in the ring buffer, so the counts never exceed what was read.
+        self.final_missing = sum(src.texts_missing() for src in self.sources)
         snaps, end = self._snapshots()
         _call(sinks, "on_snapshots", list(zip(self.sources, snaps)))
         partial = None
@@ -386,7 +390,7 @@ class Pipeline:
         return ", ".join(f"{n} {reason}" for reason, n in total.items()) or "none"
 
     def missing_text_line(self):
-        n = sum(src.texts_missing() for src in self.sources)
+        n = self.final_missing
         return (f"{n} statements had no text: prepared before tracing started "
                 f"(they are shown as {TEXT_MISSING})") if n else None
 
