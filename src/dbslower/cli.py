@@ -393,9 +393,9 @@ def run(args, out):
         lost = pipeline.loss_line()
         if lost and args.mode in ("stream", "floor"):
             _stderr(f"dbslower: {lost}")
-        missing = pipeline.missing_text_line()
-        if missing:
-            _stderr(f"dbslower: {missing}")
+        for line in (pipeline.missing_text_line(), pipeline.exited_line()):
+            if line:
+                _stderr(f"dbslower: {line}")
     return 0
 
 

@@ -25,7 +25,7 @@ from dbslower.plan import DIGEST_MODES, app_name_symbols
 
 # Index in the kernel's `counters` array -> reason shown to the user.
 LOSS_REASONS = ("ring buffer full", "aggregation map full")
-CTR_NO_TEXT = 2  # bpf/dbslower.h
+CTR_NO_TEXT, CTR_EXITED = 2, 3  # bpf/dbslower.h
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
 # leaving room for a burst of new shapes before the next look.
@@ -140,6 +140,11 @@ class Source:
 
     def lost(self):
         return sum(self.lost_by_reason().values())
+
+    def exited(self):
+        """Statements whose process or thread exited before they finished."""
+        c = self.tracer.counters()
+        return c[CTR_EXITED] if len(c) > CTR_EXITED else 0
 
     def texts_missing(self):
         """Statements reported without text (MySQL: prepared before tracing)."""
@@ -270,6 +275,7 @@ class Pipeline:
         self.summaries = any(s.mode in ("hist", "digest", "top", "serve") for s in sources) or bool(rediscover)
         self.wants_reports = any(hasattr(s, "on_interval") or hasattr(s, "on_end") for s in sinks)
         self.final_missing = 0
+        self.final_exited = 0
 
     def _drain(self):
         on_event = [s.on_event for s in self.sinks if hasattr(s, "on_event")]
@@ -373,6 +379,7 @@ class Pipeline:
         # Counters first, then the last events: each counted statement's event is
         # then in the ring buffer, so the counts never exceed what was read.
         self.final_missing = sum(src.texts_missing() for src in self.sources)
+        self.final_exited = sum(src.exited() for src in self.sources)
         snaps, end = self._snapshots()
         _call(sinks, "on_snapshots", list(zip(self.sources, snaps)))
         partial = None
@@ -393,6 +400,11 @@ class Pipeline:
         n = self.final_missing
         return (f"{n} statements had no text: prepared before tracing started "
                 f"(they are shown as {TEXT_MISSING})") if n else None
+
+    def exited_line(self):
+        n = self.final_exited
+        return (f"{n} statements did not finish: their backend or thread exited first "
+                f"(killed or terminated); they are not reported") if n else None
 
     def loss_line(self):
         """One line for the end of a run, or None when nothing was lost."""

@@ -133,23 +133,6 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 #endif
 	return 0;
 }
-
-/* Per-process state goes with the process, so a reused PID starts clean. */
-TRACEPOINT_PROBE(sched, sched_process_exit)
-{
-	/* Only the group leader's exit ends the process. */
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32;
-	if ((u32)id != tgid)
-		return 0;
-#if FILTER_PIDS
-	traced_pids.delete(&tgid);
-#endif
-#if SERVER_IDS
-	procs.delete(&tgid);
-#endif
-	return 0;
-}
 #endif
 
 #if MODE == MODE_HIST
@@ -918,3 +901,36 @@ int my_error(struct pt_regs *ctx)
 }
 #endif
 #endif /* ENGINE_MYSQL */
+
+/*
+ * Per-thread and per-process state goes with its thread or process, so a
+ * reused PID starts clean: a statement left open by a killed or terminated
+ * backend would otherwise be closed by the next process given that PID, as
+ * a phantom statement with another process's text. Such a statement never
+ * finished, so it is not reported; it is counted (CTR_EXITED).
+ */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	void *v = inflight.lookup(&tid);
+	if (v) {
+#if ENGINE == ENGINE_POSTGRES
+		if (((struct pg_inflight *)v)->has_text)
+			count(CTR_EXITED);
+#else
+		count(CTR_EXITED);
+#endif
+		inflight.delete(&tid);
+	}
+	/* Only the group leader's exit ends the process. */
+	if (tid != tgid)
+		return 0;
+#if FILTER_PIDS
+	traced_pids.delete(&tgid);
+#endif
+#if SERVER_IDS
+	procs.delete(&tgid);
+#endif
+	return 0;
+}

@@ -103,6 +103,7 @@ struct digest_stats {
 #define CTR_LOST_EVENTS 0   /* ring buffer full */
 #define CTR_MAP_FULL 1      /* an aggregation map had no room */
 #define CTR_NO_TEXT 2       /* prepared statement text not found */
+#define CTR_EXITED 3        /* a statement's process or thread exited before it finished */
 #define CTR_COUNT 4
 
 #endif
