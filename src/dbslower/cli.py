@@ -369,33 +369,44 @@ def open_sources(args, stack, mode, engines, context=True):
 
 
 def run(args, out):
+    from dbslower.output import Output
     from dbslower.pipeline import Pipeline
 
     stop = StopFlag().install()
-    with contextlib.ExitStack() as stack:
-        sources = open_sources(args, stack, args.mode, [args.engine],
-                               context=args.mode in ("stream", "floor"))
-        plan = sources[0].plan
-        if args.mode == "hist":
-            from dbslower.summary import HistSink
-            sinks = [HistSink(out, args.json, args.interval)]
-        elif args.mode == "digest":
-            from dbslower.summary import DigestSink
-            sinks = [DigestSink(out, args.json, args.interval, args.top)]
+    streaming = args.mode in ("stream", "floor")
+    if streaming and hasattr(sys.stdout, "fileno"):
+        out = Output(sys.stdout.fileno())
+    try:
+        with contextlib.ExitStack() as stack:
+            sources = open_sources(args, stack, args.mode, [args.engine], context=streaming)
+            plan = sources[0].plan
+            if args.mode == "hist":
+                from dbslower.summary import HistSink
+                sinks = [HistSink(out, args.json, args.interval)]
+            elif args.mode == "digest":
+                from dbslower.summary import DigestSink
+                sinks = [DigestSink(out, args.json, args.interval, args.top)]
+            else:
+                from dbslower.output import JsonWriter, TableWriter
+                sinks = [JsonWriter(out) if args.json else TableWriter(out, context=args.context)]
+            pipeline = Pipeline(sources, sinks, interval_s=args.interval, count=args.count,
+                                duration_s=args.duration, notify=lambda line: _stderr(f"dbslower: {line}"))
+            _stderr(banner(args, plan))
+            pipeline.run(stop)
+        # The probes are detached now; only then wait for a slow reader.
+        if isinstance(out, Output):
+            out.drain()
         else:
-            from dbslower.output import JsonWriter, TableWriter
-            sinks = [JsonWriter(out) if args.json else TableWriter(out, context=args.context)]
-        pipeline = Pipeline(sources, sinks, interval_s=args.interval, count=args.count,
-                            duration_s=args.duration, notify=lambda line: _stderr(f"dbslower: {line}"))
-        _stderr(banner(args, plan))
-        pipeline.run(stop)
-        out.flush()
-        lost = pipeline.loss_line()
-        if lost and args.mode in ("stream", "floor"):
-            _stderr(f"dbslower: {lost}")
-        for line in (pipeline.missing_text_line(), pipeline.exited_line()):
-            if line:
-                _stderr(f"dbslower: {line}")
+            out.flush()
+    finally:
+        if isinstance(out, Output):
+            out.close()
+    lost = pipeline.loss_line(pipeline.final_losses())
+    if lost and streaming:
+        _stderr(f"dbslower: {lost}")
+    for line in (pipeline.missing_text_line(), pipeline.exited_line()):
+        if line:
+            _stderr(f"dbslower: {line}")
     return 0
 
 

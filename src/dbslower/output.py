@@ -4,7 +4,9 @@ Last stage. Writers take a text stream and never flush per event; the
 caller flushes once per batch.
 """
 
+import fcntl
 import json
+import os
 import time
 
 from dbslower.decode import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, TEXT_MISSING
@@ -77,6 +79,9 @@ class JsonWriter:
     def flush(self):
         self.out.flush()
 
+    def lost(self):
+        return self.out.lost() if hasattr(self.out, "lost") else {}
+
     def _tail_for(self, ev):
         key = (ev.engine, ev.pid, ev.tid, ev.command, ev.conn_id, ev.context)
         tail = self._tail.get(key)
@@ -109,6 +114,9 @@ class TableWriter:
     def flush(self):
         self.out.flush()
 
+    def lost(self):
+        return self.out.lost() if hasattr(self.out, "lost") else {}
+
     def start(self):
         if self.context:
             self.out.write(f"{'TIME':<9} {'PID':<7} {'MS':>10} {'STATUS':<6} {'USER':<12} {'DB':<12} {'CLIENT':<21} QUERY\n")
@@ -131,3 +139,89 @@ class TableWriter:
 
 def _cell(value, width):
     return f"{escape_control(value or '-')[:width]:<{width}}"
+
+
+class Output:
+    """Standard output that never blocks the tracer.
+
+    Text goes into a bounded buffer and is written with non-blocking writes
+    when stdout is a pipe or socket, so a stalled reader can neither hold the
+    probes attached after a stop request nor stop the ring buffer from being
+    read. When the buffer is full, further events are dropped and counted
+    (`dropped`), and shown with the other losses. Terminals and files are
+    written as usual (a terminal's flag is shared with the shell, and a file
+    does not block)."""
+
+    LIMIT_BYTES = 16 << 20  # as much as the kernel's ring buffer holds
+
+    def __init__(self, fd):
+        import stat
+        self.fd = fd
+        self.chunks = []
+        self.size = 0
+        self.dropped = 0
+        self.nonblocking = False
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            self.saved_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, self.saved_flags | os.O_NONBLOCK)
+            self.nonblocking = True
+
+    def write(self, text):
+        if self.size >= self.LIMIT_BYTES:
+            self.dropped += 1  # writers write one event per call
+            return
+        b = text.encode("utf-8", "replace")
+        self.chunks.append(b)
+        self.size += len(b)
+
+    def flush(self):
+        """Writes what the reader takes now; True when nothing is left."""
+        if not self.chunks:
+            return True
+        data = b"".join(self.chunks)
+        self.chunks = []
+        done = 0
+        try:
+            while done < len(data):
+                n = os.write(self.fd, data[done:done + (1 << 20)])
+                if n <= 0:
+                    break
+                done += n
+        except BlockingIOError:
+            pass
+        rest = data[done:]
+        self.chunks = [rest] if rest else []
+        self.size = len(rest)
+        return not rest
+
+    def drain(self, stalled_after_s=1.0):
+        """At exit: waits while the reader keeps taking data; gives up (and
+        counts the rest as dropped) once it took nothing for stalled_after_s."""
+        import select
+        last_progress = time.monotonic()
+        while not self.flush():
+            before = self.size
+            select.select([], [self.fd], [], 0.1)
+            if self.size < before or self.flush():
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > stalled_after_s:
+                rest = b"".join(self.chunks)
+                self.dropped += rest.count(b"\n")
+                self.chunks, self.size = [], 0
+                return False
+        return True
+
+    def lost(self):
+        return {"output blocked (reader too slow)": self.dropped} if self.dropped else {}
+
+    def close(self):
+        if self.nonblocking:
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, self.saved_flags)
+            except OSError:
+                pass
+            self.nonblocking = False

@@ -244,6 +244,14 @@ class Source:
         return r
 
 
+def _sum_losses(parts):
+    total = {}
+    for part in parts:
+        for reason, n in part.items():
+            total[reason] = total.get(reason, 0) + n
+    return total
+
+
 def _call(sinks, name, *args):
     stop = False
     for s in sinks:
@@ -276,6 +284,7 @@ class Pipeline:
         self.wants_reports = any(hasattr(s, "on_interval") or hasattr(s, "on_end") for s in sinks)
         self.final_missing = 0
         self.final_exited = 0
+        self.final_kernel_losses = []
 
     def _drain(self):
         on_event = [s.on_event for s in self.sinks if hasattr(s, "on_event")]
@@ -362,7 +371,7 @@ class Pipeline:
                 continue
             if not self.summaries and now >= lost_check:
                 lost_check = now + LOST_REPORT_EVERY_S
-                lost = sum(src.lost() for src in self.sources)
+                lost = sum(self.losses().values())
                 if lost > lost_said:
                     self.notify(f"{lost - lost_said} events lost in the last {LOST_REPORT_EVERY_S:g} s "
                                 f"({lost} in all): {self._loss_detail()}")
@@ -380,6 +389,7 @@ class Pipeline:
         # then in the ring buffer, so the counts never exceed what was read.
         self.final_missing = sum(src.texts_missing() for src in self.sources)
         self.final_exited = sum(src.exited() for src in self.sources)
+        self.final_kernel_losses = [src.lost_by_reason() for src in self.sources]
         snaps, end = self._snapshots()
         _call(sinks, "on_snapshots", list(zip(self.sources, snaps)))
         partial = None
@@ -389,12 +399,19 @@ class Pipeline:
         _call(sinks, "on_end", partial, whole)
         return 0
 
-    def _loss_detail(self):
-        total = {}
-        for src in self.sources:
-            for reason, n in src.lost_by_reason().items():
-                total[reason] = total.get(reason, 0) + n
-        return ", ".join(f"{n} {reason}" for reason, n in total.items()) or "none"
+    def losses(self):
+        """{reason: count}: the kernel's counters and the sinks' own (output blocked)."""
+        return _sum_losses([src.lost_by_reason() for src in self.sources] +
+                           [s.lost() for s in self.sinks if hasattr(s, "lost")])
+
+    def final_losses(self):
+        """At the end: the kernel's counters as read when the run stopped,
+        and the sinks' own, which can grow while the output drains."""
+        return _sum_losses(self.final_kernel_losses + [s.lost() for s in self.sinks if hasattr(s, "lost")])
+
+    def _loss_detail(self, losses=None):
+        losses = self.losses() if losses is None else losses
+        return ", ".join(f"{n} {reason}" for reason, n in losses.items()) or "none"
 
     def missing_text_line(self):
         n = self.final_missing
@@ -406,7 +423,8 @@ class Pipeline:
         return (f"{n} statements did not finish: their backend or thread exited first "
                 f"(killed or terminated); they are not reported") if n else None
 
-    def loss_line(self):
+    def loss_line(self, losses=None):
         """One line for the end of a run, or None when nothing was lost."""
-        lost = sum(src.lost() for src in self.sources)
-        return f"{lost} events lost ({self._loss_detail()})" if lost else None
+        losses = self.losses() if losses is None else losses
+        lost = sum(losses.values())
+        return f"{lost} events lost ({self._loss_detail(losses)})" if lost else None
