@@ -11,7 +11,7 @@ import time
 
 from dbslower import __version__
 from dbslower.discover import ENGINE_LABEL
-from dbslower.errors import DbslowerError, PreflightFailed, UsageError
+from dbslower.errors import DbslowerError, NoServer, PreflightFailed, UsageError
 
 EXAMPLES = """examples:
     dbslower postgres                # PostgreSQL queries slower than 1 ms
@@ -263,6 +263,8 @@ def parse_top_args(argv):
     args = build_top_parser().parse_args(argv)
     args.command = "top"
     args.pids = [p for group in (args.pid or []) for p in group]
+    if args.pids and args.exe:
+        raise UsageError("-p and -x cannot be combined", "give the processes with -p, or the binary with -x")
     args.mode = "top"
     _check_text_bytes(args)
     return args
@@ -281,6 +283,8 @@ def parse_args(argv):
     if args.threshold is None:
         args.threshold = 0.0 if summary else 1.0
     args.pids = [p for group in (args.pid or []) for p in group]
+    if args.pids and args.exe:
+        raise UsageError("-p and -x cannot be combined", "give the processes with -p, or the binary with -x")
     args.mode = "hist" if args.hist else "digest" if args.digest else "floor" if args.floor else "stream"
     if args.top is not None and args.top < 0:
         raise UsageError("--top cannot be negative")
@@ -328,6 +332,31 @@ def describe_plan(plan, tracer, program=True):
         lines.append(f"----- BPF program for {t.binary.path} -----")
         lines.append(tracer.program_text(t))
     return "\n".join(lines)
+
+
+class TargetWatch:
+    """-p: ends the run when every traced process has gone (a restarted
+    server has a new PID), so that silence never looks like health."""
+
+    def __init__(self, pids):
+        from dbslower.discover import start_time
+        self.start_time = start_time
+        self.ids = {pid: start_time(pid) for pid in pids}
+        self.next_look = 0.0
+        self.gone = False
+
+    def poll(self):
+        now = time.monotonic()
+        if now < self.next_look:
+            return False
+        self.next_look = now + 1.0
+        self.gone = all(self.start_time(pid) != st for pid, st in self.ids.items())
+        return self.gone
+
+    def line(self):
+        pids = ", ".join(map(str, self.ids))
+        return (f"the traced process{'es' if len(self.ids) > 1 else ''} ({pids}) exited; a restarted server "
+                f"has a new PID: run dbslower again, or use 'dbslower serve -p', which follows restarts")
 
 
 class StopFlag:
@@ -389,8 +418,10 @@ def run(args, out):
             else:
                 from dbslower.output import JsonWriter, TableWriter
                 sinks = [JsonWriter(out) if args.json else TableWriter(out, context=args.context)]
-            pipeline = Pipeline(sources, sinks, interval_s=args.interval, count=args.count,
-                                duration_s=args.duration, notify=lambda line: _stderr(f"dbslower: {line}"))
+            watch = TargetWatch(args.pids) if args.pids else None
+            pipeline = Pipeline(sources, sinks + ([watch] if watch else []), interval_s=args.interval,
+                                count=args.count, duration_s=args.duration,
+                                notify=lambda line: _stderr(f"dbslower: {line}"))
             _stderr(banner(args, plan))
             pipeline.run(stop)
         # The probes are detached now; only then wait for a slow reader.
@@ -407,6 +438,9 @@ def run(args, out):
     for line in (pipeline.missing_text_line(), pipeline.exited_line()):
         if line:
             _stderr(f"dbslower: {line}")
+    if watch and watch.gone:
+        _stderr(f"dbslower: {watch.line()}")
+        return NoServer.exit_code
     return 0
 
 
@@ -531,6 +565,10 @@ def main(argv=None):
         except OSError:
             pass
         return 0
+    except OSError as e:  # the output's disk is full, a file cannot be opened, ...
+        where = f" ({e.filename})" if e.filename else ""
+        _stderr(f"dbslower: cannot go on: {e.strerror or e}{where}; the probes are detached")
+        return 1
     except Exception as e:  # a bug: still one line; the probes are detached by now
         _stderr(f"dbslower: internal error: {e!r} (please report it; DBSLOWER_DEBUG=1 shows the traceback)")
         if os.environ.get("DBSLOWER_DEBUG"):

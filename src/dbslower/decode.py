@@ -237,12 +237,13 @@ class Decoder:
         ev.command = command
         ev.flags = flags
         ev.kind = kind
+        if flags & EV_TRUNCATED:
+            raw = _whole_characters(raw)
         query = raw.decode("utf-8", "replace")
         if self.engine == "mysql":
             # A statement cut out of a multi-statement packet ends with its ';'.
             query = query.rstrip().rstrip(";").rstrip()
-        else:
-            query = query.rstrip()
+        # PostgreSQL: the text exactly as the server received it, trailing blanks included.
         ev.query = query
         if self.titles is not None:
             ev.context = self.titles.get(pid, start_ns)
@@ -251,6 +252,21 @@ class Decoder:
         else:
             ev.context = NO_CONTEXT
         return ev
+
+
+def _whole_characters(raw):
+    """Text cut at the capture size may end inside a UTF-8 character: drop
+    that partial character (it is marked truncated anyway), rather than
+    show a replacement character the server never saw."""
+    end = len(raw)
+    i = end - 1
+    while i >= 0 and i > end - 4 and (raw[i] & 0xC0) == 0x80:
+        i -= 1  # continuation bytes
+    if i < 0:
+        return raw
+    lead = raw[i]
+    need = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+    return raw[:i] if end - i < need else raw
 
 
 def wait_readable(fds, timeout_s):

@@ -275,6 +275,15 @@ def inspect_binary(path, engine, datadir=""):
     return Binary(path, engine, "postgresql")
 
 
+def start_time(pid, proc="/proc"):
+    """A process's start time (clock ticks after boot): with its PID, the
+    identity of a process, since PIDs are reused."""
+    stat = _read(f"{proc}/{pid}/stat")
+    if not stat:
+        return None
+    return int(stat[stat.rfind(b")") + 2:].split()[19])
+
+
 def engine_of(proc):
     """The engine a process runs, or None."""
     return next((e for e in ENGINES if _is_engine_process(e, proc)), None)

@@ -52,10 +52,17 @@ def headers_dir():
 
 
 def headers_ok():
-    mod = Path("/lib/modules") / platform.release()
+    """Where BCC looks for kernel headers (its KBuildHelper): $BCC_KERNEL_SOURCE,
+    the kernel's own /sys/kernel/kheaders.tar.xz, or /lib/modules/RELEASE/build
+    with its source/ (build/ itself when there is no source/)."""
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env:
+        return os.path.isdir(os.path.join(env, "include"))
     if os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return True
-    return os.path.isdir(mod / "build" / "include") and os.path.exists(mod / "source" / "include" / "linux" / "kconfig.h")
+    mod = Path("/lib/modules") / platform.release()
+    source = mod / "source" if (mod / "source").exists() else mod / "build"
+    return os.path.isdir(mod / "build" / "include") and os.path.exists(source / "include" / "linux" / "kconfig.h")
 
 
 def preflight():
@@ -219,10 +226,15 @@ class Tracer:
         except Exception as e:
             raise AttachFailed(f"cannot load the BPF program for {target.binary.path}: {e}",
                                "run with -v to see the program; check the kernel headers") from e
-        try:
-            if self.plan.mode in DIGEST_MODES:
+        if self.plan.mode in DIGEST_MODES:
+            try:
                 chunk = b.load_func(b"fp_chunk", bcc.BPF.KPROBE)
                 b["fp_chain"][ct.c_int(0)] = ct.c_int(chunk.fd)
+            except Exception as e:
+                b.cleanup()
+                raise AttachFailed(f"cannot load the fingerprint program for {target.binary.path}: {e}",
+                                   "run with -v to see the program") from e
+        try:
             for p in target.probes:
                 if p.kind == "uprobe":
                     b.attach_uprobe(name=target.binary.path.encode(), sym=p.site.encode(), fn_name=p.fn.encode())

@@ -28,3 +28,19 @@ def test_decode_never_reads_past_the_record():
     buf = record(b"SELECT 1", text_len=5000) + b"garbage"
     ev = Decoder("mysql").decode(buf, 0, TEXT_OFFSET + 8)
     assert ev.query == "SELECT 1"
+
+
+def test_text_cut_inside_a_character_ends_at_the_last_whole_one():
+    from dbslower.decode import EV_TRUNCATED
+    text = "SELECT 'añ€😀'".encode()
+    for cut in range(len(text) + 1):
+        buf = record(text[:cut], flags=EV_TRUNCATED)
+        ev = Decoder("postgres", context=False).decode(buf, 0, len(buf))
+        assert "\ufffd" not in ev.query, cut
+        assert text.decode().startswith(ev.query)
+        assert len(ev.query.encode()) >= cut - 3
+
+
+def test_postgres_text_keeps_trailing_blanks():
+    buf = record(b"SELECT 1 \t\n")
+    assert Decoder("postgres", context=False).decode(buf, 0, len(buf)).query == "SELECT 1 \t\n"

@@ -1,0 +1,78 @@
+"""Bad input and a hostile environment: one clear line, a non-zero exit, no
+traceback, nothing left attached; odd text reported as the server saw it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ENV, Run, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def uprobes():
+    try:
+        return open("/sys/kernel/tracing/uprobe_events").read()
+    except OSError:
+        return ""
+
+
+def clean_error(r, code, needle):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and needle in r.stderr, r.stderr
+    assert all(line.startswith("dbslower: ") for line in r.stderr.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["postgres", "-m", "1e308"], "must be at most 3600000 ms"),
+    (["postgres", "-m", "1e14"], "must be at most 3600000 ms"),
+    (["postgres", "-m", "nan"], "finite number"),
+    (["postgres", "-p", "-5"], "invalid PID"),
+    (["postgres", "-p", "99999999999999999999"], "no process with PID"),
+    (["postgres", "-s", "7"], "text size 7"),
+    (["postgres", "-p", "1", "-x", "/bin/true"], "-p and -x cannot be combined"),
+    (["top", "-p", "1", "-x", "/bin/true"], "-p and -x cannot be combined"),
+    (["serve", "-m", "-1"], "must be a finite number"),
+    (["serve", "--interval", "0"], "must be > 0"),
+])
+def test_hostile_arguments(args, needle):
+    r = run_cli(args)
+    clean_error(r, 7 if "no process" in needle else 2, needle)
+
+
+def test_full_disk_is_one_clear_line(pg):
+    before = uprobes()
+    mnt = "/mnt"
+    script = (f"mount -t tmpfs -o size=64k tmpfs {mnt} && exec {sys.executable} -m dbslower postgres "
+              f"-m 0 -j -p {pg.pid} -d 8 > {mnt}/out")
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            stderr=subprocess.PIPE, env=ENV, text=True)
+    line = proc.stderr.readline()
+    assert line.startswith("Tracing"), line + proc.stderr.read()
+    pg.pgbench("-n", "-S", "-t", "3000")
+    err = proc.stderr.read()
+    proc.wait(30)
+    assert proc.returncode == 1, err
+    assert "No space left on device" in err and "Traceback" not in err and "internal error" not in err
+    assert uprobes() == before
+
+
+def test_odd_text_reported_as_the_server_saw_it(pg):
+    import psycopg
+    big = "SELECT '" + "x" * (1 << 20) + "'"
+    odd = "SELECT 'tab\there', 'esc\x1b[2J', 'naïve' "
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid, "-s", "1024"]) as run:
+        with psycopg.connect(f"host={pg.sock} port={pg.port} user=postgres dbname=postgres") as conn:
+            conn.execute(big, prepare=False)
+            conn.execute(odd, prepare=False)
+    events = run.events()
+    cut = next(e for e in events if e["query"].startswith("SELECT 'xxx"))
+    assert cut["truncated"] and len(cut["query"].encode()) == 1024
+    assert next(e for e in events if "tab" in e["query"])["query"] == odd  # trailing blank kept
+    with Run(["postgres", "-m", "0", "-p", pg.pid]) as table:
+        with psycopg.connect(f"host={pg.sock} port={pg.port} user=postgres dbname=postgres") as conn:
+            conn.execute("SELECT 'esc\x1b[2J\nnewline'", prepare=False)
+    line = next(x for x in table.stdout.splitlines() if "newline" in x)
+    assert "\x1b" not in line and "\\x1b[2J\\nnewline" in line
