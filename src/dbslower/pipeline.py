@@ -23,8 +23,8 @@ from dbslower.discover import container_id, namespace_pid
 from dbslower.fingerprint import operation_name
 from dbslower.plan import DIGEST_MODES, app_name_symbols
 
-# Index in the kernel's `counters` array -> reason shown to the user.
-LOSS_REASONS = ("ring buffer full", "aggregation map full")
+# Index in the kernel's `counters` array (bpf/dbslower.h, CTR_*) -> reason.
+LOSS_REASONS = {0: "ring buffer full", 1: "aggregation map full", 4: "in-flight table full"}
 CTR_NO_TEXT, CTR_EXITED = 2, 3  # bpf/dbslower.h
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
@@ -136,7 +136,7 @@ class Source:
 
     def lost_by_reason(self):
         c = self.tracer.counters()
-        return {reason: c[i] for i, reason in enumerate(LOSS_REASONS) if i < len(c) and c[i]}
+        return {reason: c[i] for i, reason in LOSS_REASONS.items() if i < len(c) and c[i]}
 
     def lost(self):
         return sum(self.lost_by_reason().values())

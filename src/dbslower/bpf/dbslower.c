@@ -21,6 +21,11 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
+/* Statements in flight: one entry per server thread or backend running one.
+ * Entries go when their thread exits (sched_process_exit below), so this
+ * bounds concurrent connections, not connections over time; 8192 is above
+ * any max_connections seen in practice. A statement that finds no room is
+ * counted (CTR_INFLIGHT_FULL), never dropped silently. */
 #ifndef INFLIGHT_ENTRIES
 #define INFLIGHT_ENTRIES 8192
 #endif
@@ -402,7 +407,7 @@ struct pg_inflight {
 	struct query_event ev;
 };
 
-BPF_TABLE("lru_hash", u32, struct pg_inflight, inflight, INFLIGHT_ENTRIES);
+BPF_HASH(inflight, u32, struct pg_inflight, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(inflight_zero, struct pg_inflight, 1);
 
 static __always_inline void copy_text(struct pg_inflight *v, const char *text)
@@ -460,7 +465,10 @@ static __always_inline int on_status(const char *text, int running)
 		struct pg_inflight *init = inflight_zero.lookup(&zero);
 		if (!init)
 			return 0;
-		inflight.update(&tid, init);
+		if (inflight.update(&tid, init) != 0) {
+			count(CTR_INFLIGHT_FULL);
+			return 0;
+		}
 		v = inflight.lookup(&tid);
 		if (!v)
 			return 0;
@@ -616,7 +624,7 @@ struct ps_text {
 	char text[TEXT_BYTES + 1];
 };
 
-BPF_TABLE("lru_hash", u32, struct my_inflight, inflight, INFLIGHT_ENTRIES);
+BPF_HASH(inflight, u32, struct my_inflight, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(inflight_zero, struct my_inflight, 1);
 
 static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
@@ -625,7 +633,10 @@ static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
 	struct my_inflight *init = inflight_zero.lookup(&zero);
 	if (!init)
 		return 0;
-	inflight.update(&tid, init);
+	if (inflight.update(&tid, init) != 0) {
+		count(CTR_INFLIGHT_FULL);
+		return 0;
+	}
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;

@@ -104,6 +104,7 @@ struct digest_stats {
 #define CTR_MAP_FULL 1      /* an aggregation map had no room */
 #define CTR_NO_TEXT 2       /* prepared statement text not found */
 #define CTR_EXITED 3        /* a statement's process or thread exited before it finished */
-#define CTR_COUNT 4
+#define CTR_INFLIGHT_FULL 4 /* no room to follow a statement (inflight table full) */
+#define CTR_COUNT 5
 
 #endif
