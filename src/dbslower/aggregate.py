@@ -36,18 +36,19 @@ def other_operation(kfp):
     return None
 
 
-def by_fingerprint(stats, hists):
-    """Raw digests keyed (fp, db_id, server_id[, failed]) added up per fp:
-    {fp: [calls, total_ns, max_ns, failed]}, {fp: {bucket: count}}."""
+def by_fingerprint(stats, hists, per_server=True):
+    """Raw digests keyed (fp, db_id, server_id[, failed]) added up per
+    (fp, server_id), or per (fp, 0) with per_server=False:
+    {key: [calls, total_ns, max_ns, failed]}, {key: {bucket: count}}."""
     out_stats, out_hists = {}, {}
-    for (fp, _db, _server), v in stats.items():
-        row = out_stats.setdefault(fp, [0, 0, 0, 0])
+    for (fp, _db, server), v in stats.items():
+        row = out_stats.setdefault((fp, server if per_server else 0), [0, 0, 0, 0])
         row[0] += v[0]
         row[1] += v[1]
         row[2] = max(row[2], v[2])
         row[3] += v[3]
-    for (fp, _db, _server, _failed), h in hists.items():
-        out = out_hists.setdefault(fp, {})
+    for (fp, _db, server, _failed), h in hists.items():
+        out = out_hists.setdefault((fp, server if per_server else 0), {})
         for b, n in h.items():
             out[b] = out.get(b, 0) + n
     return out_stats, out_hists
@@ -103,18 +104,22 @@ class DigestBook:
             self.user_fp[kfp] = fp
         return fp
 
-    def rows(self, stats, hists, prev_stats=None, prev_hists=None):
+    def rows(self, stats, hists, prev_stats=None, prev_hists=None, server_name=None):
         """Rows for the counts since the previous snapshot (or all), most
-        total time first. Each row keeps its bucket counts under "hist"."""
+        total time first; keys are (kernel fp, server id), and a row is one
+        fingerprint on one server (server_name(id) names it). Each row keeps
+        its bucket counts under "hist"."""
         prev_stats = prev_stats or {}
         prev_hists = prev_hists or {}
+        server_name = server_name or (lambda sid: None)
         groups = {}
-        for kfp, (calls, total_ns, max_ns, failed) in stats.items():
-            p = prev_stats.get(kfp, (0, 0, 0, 0))
+        for skey, (calls, total_ns, max_ns, failed) in stats.items():
+            kfp, sid = skey
+            p = prev_stats.get(skey, (0, 0, 0, 0))
             d_calls = calls - p[0]
             if d_calls <= 0:
                 continue
-            key = self.group(kfp)
+            key = (sid, self.group(kfp))
             g = groups.setdefault(key, {"calls": 0, "total_ns": 0, "failed": 0, "hist": {},
                                         "sample": self.samples.get(kfp), "max_cum": 0, "contexts": []})
             g["calls"] += d_calls
@@ -124,12 +129,12 @@ class DigestBook:
             for ctx in self.contexts.get(kfp, ()):
                 if ctx not in g["contexts"]:
                     g["contexts"].append(ctx)
-            h = hist.diff(hists.get(kfp, {}), prev_hists.get(kfp, {}))
+            h = hist.diff(hists.get(skey, {}), prev_hists.get(skey, {}))
             for b, n in h.items():
                 g["hist"][b] = g["hist"].get(b, 0) + n
         rows = []
         grand_total = sum(g["total_ns"] for g in groups.values()) or 1
-        for fp, g in groups.items():
+        for (sid, fp), g in groups.items():
             approx = hist.approx_max(g["hist"])
             max_ns = g["max_cum"] if approx is None else min(g["max_cum"], approx)
             p50, p95, p99 = hist.percentiles(g["hist"], QUANTILES, max_ns)
@@ -139,9 +144,9 @@ class DigestBook:
                 "pct": round(100.0 * g["total_ns"] / grand_total, 2),
                 "mean_ms": ms(g["total_ns"] / g["calls"]), "p50_ms": ms(p50), "p95_ms": ms(p95),
                 "p99_ms": ms(p99), "max_ms": ms(max_ns), "sample": g["sample"],
-                "contexts": g["contexts"], "hist": g["hist"],
+                "server": server_name(sid), "contexts": g["contexts"], "hist": g["hist"],
             })
-        rows.sort(key=lambda r: (-r["total_ms"], r["fingerprint_id"]))
+        rows.sort(key=lambda r: (-r["total_ms"], r["fingerprint_id"], r["server"] or ""))
         for i, r in enumerate(rows, 1):
             r["rank"] = i
         return rows
@@ -182,9 +187,10 @@ def hist_report(engine, start_ns, end_ns, lost, snap, prev):
     return Report(engine, start_ns, end_ns, lost, counts, failed, max_ns)
 
 
-def digest_report(engine, book, start_ns, end_ns, lost, snap, prev):
-    """Report from cumulative digest snapshots ({fp: stats}, {fp: {bucket: n}})."""
-    rows = book.rows(snap[0], snap[1], *(prev or (None, None)))
+def digest_report(engine, book, start_ns, end_ns, lost, snap, prev, server_name=None):
+    """Report from cumulative digest snapshots ({(fp, server): stats},
+    {(fp, server): {bucket: n}})."""
+    rows = book.rows(snap[0], snap[1], *(prev or (None, None)), server_name=server_name)
     merged, failed, max_ns = {}, 0, 0
     for r in rows:
         for b, n in r["hist"].items():

@@ -110,6 +110,8 @@ def build_parser(engine=True, add_help=True):
     mode.add_argument("--digest", action="store_true", help="print per-query-fingerprint digests")
     p.add_argument("--top", type=int, metavar="N",
                    help="--digest: rows to show (default 20 in the table, all in JSON; 0: all)")
+    p.add_argument("--merge-servers", action="store_true",
+                   help="--digest: one row per fingerprint for all servers (default: per server)")
     # bench/ only: attach the same probes with handlers that do nothing
     mode.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -149,6 +151,8 @@ def build_top_parser(add_help=True):
                    help="stop after this many seconds")
     p.add_argument("-s", "--text-bytes", type=int, default=1024, metavar="BYTES",
                    help="query text captured per statement: 1024 (default), 2048, 4096 or 8192")
+    p.add_argument("--merge-servers", action="store_true",
+                   help="one row per fingerprint for all servers of an engine (default: per server)")
     p.add_argument("--once", action="store_true",
                    help="print one frame as plain text after one interval and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="print the probe plan to stderr first")
@@ -379,12 +383,13 @@ def open_sources(args, stack, mode, engines, context=True):
     """Discover, plan and load for each engine; the tracers detach when the
     ExitStack closes. With several engines, one that has no server is
     skipped, unless none has one."""
-    from dbslower.discover import find_servers_by_engine
+    from dbslower.discover import find_servers_by_engine, list_processes
     from dbslower.load import load_plan, preflight
     from dbslower.pipeline import Source
 
     preflight()
     found = find_servers_by_engine(engines, pids=args.pids, binary=args.exe)
+    procs = list_processes()
     sources = []
     for engine, servers in found.items():
         plan, tracer = load_plan(engine, servers, binary=args.exe, pids=args.pids,
@@ -393,7 +398,11 @@ def open_sources(args, stack, mode, engines, context=True):
         stack.callback(tracer.close)
         if args.verbose:
             _stderr(describe_plan(plan, tracer))
-        sources.append(Source(plan, tracer, context=context))
+        src = Source(plan, tracer, context=context)
+        ids = {}
+        src.register(servers, procs, lambda pid: ids.setdefault(pid, len(ids) + 1))
+        src.merge_servers = getattr(args, "merge_servers", False)
+        sources.append(src)
     return sources
 
 

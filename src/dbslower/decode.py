@@ -97,7 +97,7 @@ class Event:
     (MySQL USDT)."""
 
     __slots__ = ("engine", "start_ns", "duration_ns", "conn_id", "fp", "pid", "tid",
-                 "command", "flags", "kind", "query", "context", "db_id", "server_id", "origin")
+                 "command", "flags", "kind", "query", "context", "db_id", "server_id", "origin", "server")
 
     @property
     def truncated(self):
@@ -211,12 +211,47 @@ def parse_pg_title(title):
     return (m["user"], m["db"], m["client"])
 
 
+class ServerNames:
+    """The server a process belongs to, as a DBA names it: its data
+    directory (a PostgreSQL backend's postmaster's, or mysqld's own working
+    directory). Cached per PID; a reused PID is a backend of some server too."""
+
+    def __init__(self, engine, proc="/proc"):
+        self.engine = engine
+        self.proc = proc
+        self.cache = {}
+
+    def get(self, pid):
+        name = self.cache.get(pid)
+        if name is None:
+            server = pid
+            if self.engine == "postgres":
+                try:
+                    with open(f"{self.proc}/{pid}/stat", "rb") as f:
+                        stat = f.read()
+                    ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+                    with open(f"{self.proc}/{ppid}/comm", "rb") as f:
+                        if f.read().strip() in (b"postgres", b"postmaster"):
+                            server = ppid
+                except (OSError, ValueError, IndexError):
+                    pass
+            try:
+                name = os.readlink(f"{self.proc}/{server}/cwd")
+            except OSError:
+                name = ""
+            if len(self.cache) > 10000:
+                self.cache.clear()
+            self.cache[pid] = name
+        return name or None
+
+
 class Decoder:
     """Turns records into Events. One per run; per-backend work is cached."""
 
     def __init__(self, engine, context=True, app_name_symbols=None):
         self.engine = engine
         self.titles = PgTitles(app_name_symbols) if engine == "postgres" and context else None
+        self.servers = ServerNames(engine) if context else None
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
     def decode(self, buf, off, length):
@@ -245,6 +280,7 @@ class Decoder:
             query = query.rstrip().rstrip(";").rstrip()
         # PostgreSQL: the text exactly as the server received it, trailing blanks included.
         ev.query = query
+        ev.server = self.servers.get(pid) if self.servers is not None else None
         if self.titles is not None:
             ev.context = self.titles.get(pid, start_ns)
         elif db[0] or user[0] or host[0]:

@@ -168,8 +168,9 @@ def _is_engine_process(engine, p):
     return p.exe_name in names or p.comm in names
 
 
-def _pg_datadir(pid):
-    # The postmaster chdir()s into its data directory at startup.
+def process_cwd(pid):
+    """A server's working directory: its data directory (the postmaster and
+    mysqld chdir() there at startup)."""
     try:
         return os.readlink(f"/proc/{pid}/cwd")
     except OSError:
@@ -179,7 +180,7 @@ def _pg_datadir(pid):
 def _server(engine, p, procs):
     s = Server(engine, p.pid, p.exe)
     if engine == "postgres":
-        s.datadir = _pg_datadir(p.pid)
+        s.datadir = process_cwd(p.pid)
         s.children = sorted(c.pid for c in procs.values() if c.ppid == p.pid)
     return s
 

@@ -59,7 +59,8 @@ def event_dict(ev):
             "truncated": bool(ev.flags & EV_TRUNCATED), "text_missing": ev.text_missing,
             "status": "error" if ev.flags & EV_FAILED else "ok",
             "engine": ev.engine, "pid": ev.pid, "tid": ev.tid, "command": ev.command_name,
-            "conn_id": ev.conn_id, "user": user, "db": db, "client": client, "application_name": app}
+            "conn_id": ev.conn_id, "user": user, "db": db, "client": client, "application_name": app,
+            "server": ev.server}
 
 
 class JsonWriter:
@@ -83,14 +84,14 @@ class JsonWriter:
         return self.out.lost() if hasattr(self.out, "lost") else {}
 
     def _tail_for(self, ev):
-        key = (ev.engine, ev.pid, ev.tid, ev.command, ev.conn_id, ev.context)
+        key = (ev.engine, ev.pid, ev.tid, ev.command, ev.conn_id, ev.context, ev.server)
         tail = self._tail.get(key)
         if tail is None:
             d = self._dumps
             user, db, client, app = ev.context
             tail = (f'"engine":"{ev.engine}","pid":{ev.pid},"tid":{ev.tid},"command":{d(ev.command_name)},'
                     f'"conn_id":{d(ev.conn_id)},"user":{d(user)},"db":{d(db)},"client":{d(client)},'
-                    f'"application_name":{d(app)}}}\n')
+                    f'"application_name":{d(app)},"server":{d(ev.server)}}}\n')
             if len(self._tail) > 100_000:
                 self._tail.clear()
             self._tail[key] = tail

@@ -15,13 +15,15 @@ object with some of these methods (all optional):
     poll()                   called when the loop wakes; returns True to stop
 """
 
+import os
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
 from dbslower.decode import KIND_QUERY, KIND_SAMPLE, PAGE, TEXT_MISSING, Decoder, RingReader, wait_readable
-from dbslower.discover import container_id, namespace_pid
+from dbslower.decode import parse_pg_title
+from dbslower.discover import container_id, namespace_pid, process_cwd, symbol_address
 from dbslower.fingerprint import operation_name
-from dbslower.plan import DIGEST_MODES, app_name_symbols
+from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
 
 # Index in the kernel's `counters` array (bpf/dbslower.h, CTR_*) -> reason.
 LOSS_REASONS = {0: "ring buffer full", 1: "aggregation map full", 4: "in-flight table full"}
@@ -94,6 +96,67 @@ class Source:
         self.db_names = {}        # (server id, database OID) -> name
         self.containers = {}      # server id -> container id
         self._pid_containers = {}
+        self.merge_servers = False  # --digest/top: one row per fingerprint for all servers
+        self._seeded = set()      # pids in the kernel's procs map
+        self._examined = set()    # backends whose database OID was read
+
+    def register(self, servers, procs, server_id, follow_filter=False):
+        """SERVER_IDS: numbers the servers (server_id(pid) -> its number),
+        seeds each server process and its running backends into the kernel's
+        `procs` map (new backends inherit at fork), adds them to the PID
+        filter with follow_filter, and learns PostgreSQL database names."""
+        target = self.plan.targets[0]
+        engine = self.engine
+        new_procs, new_filter = {}, {}
+        for srv in servers:
+            sid = server_id(srv.pid)
+            srv.datadir = srv.datadir or process_cwd(srv.pid)
+            self.servers[sid] = srv
+            cid = self.container_of(srv.pid)[0]
+            if cid:
+                self.containers[sid] = cid
+            pids = [srv.pid] + [c.pid for c in procs.values() if c.ppid == srv.pid]
+            addr = 0
+            if engine == "postgres" and target.db_id_symbol:
+                addr = symbol_address(srv.pid, srv.binary, target.db_id_symbol) or 0
+            for pid in pids:
+                if pid not in self._seeded:
+                    new_procs[pid] = (addr, sid)
+                    self._seeded.add(pid)
+                    if follow_filter:
+                        new_filter[pid] = TRACE_INHERIT if pid == srv.pid and engine == "postgres" else TRACE_SELF
+            if addr:
+                self._learn_databases(sid, addr, pids[1:])
+        alive = set(procs)
+        self._seeded &= alive  # exited processes' kernel entries went at their exit
+        self._examined &= alive
+        if new_procs and self.plan.cflags(target).get("SERVER_IDS"):
+            self.tracer.seed_procs(new_procs)
+        if new_filter:
+            self.tracer.add_filter_pids(new_filter)
+
+    def _learn_databases(self, sid, addr, backends):
+        """(server, database OID) -> name, from each backend's MyDatabaseId
+        and its process title."""
+        for pid in backends:
+            if pid in self._examined:
+                continue
+            self._examined.add(pid)
+            oid = _read_u32(pid, addr)
+            if not oid or (sid, oid) in self.db_names:
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+            except OSError:
+                continue
+            db = parse_pg_title(title)[1]
+            if db:
+                self.db_names[(sid, oid)] = db
+
+    def server_name(self, sid):
+        srv = self.servers.get(sid)
+        return srv.describe() if srv else None
 
     def container_of(self, pid):
         """(container id or None, PID inside the container or None)."""
@@ -160,7 +223,7 @@ class Source:
             stats, hists = _merged(self.raw, self.folded)
             if self.mode == "serve":
                 return (stats, hists), self.lost()
-            return by_fingerprint(stats, hists), self.lost()
+            return by_fingerprint(stats, hists, per_server=not self.merge_servers), self.lost()
         return None, self.lost()
 
     def maintenance_due(self, now):
@@ -211,11 +274,12 @@ class Source:
             # fingerprint: that part moves to the pseudo one in `prev`, so
             # the next interval reports only what came after.
             before = p_stats.get(key)
-            if before and fp in prev_stats:
-                pr = prev_stats[fp]
+            pkey = (fp, 0 if self.merge_servers else srv)
+            if before and pkey in prev_stats:
+                pr = prev_stats[pkey]
                 for i in (0, 1, 3):
                     pr[i] -= before[i]
-                po = prev_stats.setdefault(pseudo, [0, 0, 0, 0])
+                po = prev_stats.setdefault((pseudo, pkey[1]), [0, 0, 0, 0])
                 for i in (0, 1, 3):
                     po[i] += before[i]
         for (fp, db, srv, failed, b), n_b in hists.items():
@@ -223,9 +287,10 @@ class Source:
             h = f_hists.setdefault((pseudo, db, srv, failed), {})
             h[b] = h.get(b, 0) + n_b
             before = p_hists.get((fp, db, srv, failed), {}).get(b, 0)
-            if before and fp in prev_hists:
-                prev_hists[fp][b] = prev_hists[fp].get(b, 0) - before
-                ph = prev_hists.setdefault(pseudo, {})
+            pkey = (fp, 0 if self.merge_servers else srv)
+            if before and pkey in prev_hists:
+                prev_hists[pkey][b] = prev_hists[pkey].get(b, 0) - before
+                ph = prev_hists.setdefault((pseudo, pkey[1]), {})
                 ph[b] = ph.get(b, 0) + before
         alive = {k[0] for k in raw_stats if k not in victims}
         for fp in {k[0] for k in victims} - alive:
@@ -239,9 +304,21 @@ class Source:
         if self.mode == "hist":
             r = hist_report(self.engine, start_ns, end_ns, lost - plost, data, pdata)
         else:
-            r = digest_report(self.engine, self.book, start_ns, end_ns, lost - plost, data, pdata)
+            r = digest_report(self.engine, self.book, start_ns, end_ns, lost - plost, data, pdata,
+                              server_name=self.server_name)
         r.method = self.method
         return r
+
+
+def _read_u32(pid, addr):
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+        try:
+            return int.from_bytes(os.pread(fd, 4, addr), "little")
+        finally:
+            os.close(fd)
+    except (OSError, OverflowError, ValueError):
+        return 0
 
 
 def _sum_losses(parts):

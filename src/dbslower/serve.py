@@ -15,11 +15,11 @@ import time
 import tomllib
 from dataclasses import dataclass, field, fields
 
-from dbslower.discover import ENGINES, engine_of, file_key, find_servers, list_processes, symbol_address
+from dbslower.discover import ENGINES, engine_of, file_key, find_servers, list_processes, process_cwd
 from dbslower.errors import DbslowerError, NoServer, UsageError
 from dbslower.load import load_plan
 from dbslower.pipeline import Source
-from dbslower.plan import TEXT_BYTES_CHOICES, TRACE_INHERIT, TRACE_SELF
+from dbslower.plan import TEXT_BYTES_CHOICES
 
 DEFAULT_PORT = 9479
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -122,8 +122,6 @@ class Fleet:
         self.sources = {}        # (engine, binary file key) -> Source
         self.failed = {}         # (engine, binary file key) -> monotonic time of the failure
         self.server_ids = {}     # (engine, server pid) -> server id
-        self.seeded = {}         # source key -> {pid seeded in its procs map}
-        self.examined = {}       # source key -> {backend pid whose database we read}
         # -p: PostgreSQL clusters are followed across restarts by data directory
         self.follow_dirs = {}    # data directory -> engine
 
@@ -149,7 +147,7 @@ class Fleet:
                 engine = engine_of(procs[pid])
                 srv = find_servers(engine, pids=[pid], procs=procs)[0]
                 if srv.role == "server":
-                    srv.datadir = srv.datadir or _cwd(pid)
+                    srv.datadir = srv.datadir or process_cwd(pid)
                     if srv.datadir:
                         self.follow_dirs[srv.datadir] = engine
                 out.setdefault(engine, []).append(srv)
@@ -187,8 +185,6 @@ class Fleet:
         for key in list(self.sources):
             if key not in groups:
                 src = self.sources.pop(key)
-                self.seeded.pop(key, None)
-                self.examined.pop(key, None)
                 removed.append(src)
                 self.notify(f"detached from {src.plan.targets[0].binary.path}: no server runs it any more")
         return added, removed
@@ -212,58 +208,11 @@ class Fleet:
         return src
 
     def _register(self, key, src, servers, procs):
-        """Numbers new servers, seeds their processes into the kernel's maps,
-        and learns the names of PostgreSQL database OIDs."""
-        seeded = self.seeded.setdefault(key, set())
-        target = src.plan.targets[0]
-        new_procs, new_filter = {}, {}
-        for srv in servers:
-            sid_key = (key[0], srv.pid)
-            if sid_key not in self.server_ids:
-                self.server_ids[sid_key] = len(self.server_ids) + 1
-            sid = self.server_ids[sid_key]
-            srv.datadir = srv.datadir or _cwd(srv.pid)
-            src.servers[sid] = srv
-            cid = src.container_of(srv.pid)[0]
-            if cid:
-                src.containers[sid] = cid
-            pids = [srv.pid] + [c.pid for c in procs.values() if c.ppid == srv.pid]
-            addr = 0
-            if key[0] == "postgres" and target.db_id_symbol:
-                addr = symbol_address(srv.pid, srv.binary, target.db_id_symbol) or 0
-            for pid in pids:
-                if pid not in seeded:
-                    new_procs[pid] = (addr, sid)
-                    seeded.add(pid)
-                    if self.settings.pid:
-                        new_filter[pid] = TRACE_INHERIT if pid == srv.pid and key[0] == "postgres" else TRACE_SELF
-            if key[0] == "postgres" and addr:
-                self._learn_databases(key, src, sid, addr, pids[1:], procs)
-        seeded &= set(procs)  # forget exited processes (their kernel entries went at exit)
-        if new_procs:
-            src.tracer.seed_procs(new_procs)
-        if new_filter:
-            src.tracer.add_filter_pids(new_filter)
-
-    def _learn_databases(self, key, src, sid, addr, backends, procs):
-        from dbslower.decode import parse_pg_title
-        examined = self.examined.setdefault(key, set())
-        for pid in backends:
-            if pid in examined:
-                continue
-            examined.add(pid)
-            oid = _read_u32(pid, addr)
-            if not oid or (sid, oid) in src.db_names:
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    title = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
-            except OSError:
-                continue
-            db = parse_pg_title(title)[1]
-            if db:
-                src.db_names[(sid, oid)] = db
-        examined &= set(procs)
+        def server_id(pid):
+            if (key[0], pid) not in self.server_ids:
+                self.server_ids[(key[0], pid)] = len(self.server_ids) + 1
+            return self.server_ids[(key[0], pid)]
+        src.register(servers, procs, server_id, follow_filter=bool(self.settings.pid))
 
     def close(self):
         for src in self.sources.values():
@@ -271,25 +220,7 @@ class Fleet:
         self.sources = {}
 
 
-def _cwd(pid):
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return ""
-
-
 def _exe_engine(path):
     from dbslower.discover import MY_NAMES, PG_NAMES
     name = os.path.basename(os.path.realpath(path))
     return "postgres" if name in PG_NAMES else "mysql" if name in MY_NAMES else None
-
-
-def _read_u32(pid, addr):
-    try:
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-        try:
-            return int.from_bytes(os.pread(fd, 4, addr), "little")
-        finally:
-            os.close(fd)
-    except (OSError, OverflowError, ValueError):
-        return 0

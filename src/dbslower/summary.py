@@ -13,10 +13,11 @@ from dbslower.output import escape_control
 PRIVATE_ROW_KEYS = ("hist", "contexts")  # kept for top and the endpoint, not printed
 
 
-def digest_table(engine, start_ns, end_ns, rows, lost, top):
+def digest_table(engine, start_ns, end_ns, rows, lost, top, server=None):
     calls = sum(r["calls"] for r in rows)
     total = sum(r["total_ms"] for r in rows)
-    lines = [f"# {ENGINE_LABEL[engine]} digest {iso(start_ns)} - {iso(end_ns)}: "
+    where = f" (server {server})" if server else ""
+    lines = [f"# {ENGINE_LABEL[engine]} digest{where} {iso(start_ns)} - {iso(end_ns)}: "
              f"{calls} statements, {total:.3f} ms total, {len(rows)} fingerprints, {lost} lost",
              f"# {'Rank':>4} {'Query ID':<18} {'Total ms':>12} {'%':>6} {'Calls':>9} {'Mean ms':>9} "
              f"{'P50 ms':>9} {'P95 ms':>9} {'P99 ms':>9} {'Max ms':>9}  Query"]
@@ -97,4 +98,14 @@ class DigestSink(_SummarySink):
             return json.dumps({"interval_start": iso(r.start_ns), "interval_end": iso(r.end_ns),
                                "engine": r.engine, "lost": r.lost,
                                "rows": [public_row(row) for row in r.rows]}, ensure_ascii=False) + "\n"
-        return digest_table(r.engine, r.start_ns, r.end_ns, r.rows, r.lost, 20 if self.top is None else self.top)
+        top = 20 if self.top is None else self.top
+        servers = list(dict.fromkeys(row["server"] for row in r.rows)) or [None]
+        if len(servers) == 1:
+            return digest_table(r.engine, r.start_ns, r.end_ns, r.rows, r.lost, top, servers[0])
+        out = []
+        for server in servers:  # one table per server, the busiest first
+            rows = [dict(row) for row in r.rows if row["server"] == server]
+            for i, row in enumerate(rows, 1):
+                row["rank"] = i
+            out.append(digest_table(r.engine, r.start_ns, r.end_ns, rows, r.lost, top, server))
+        return "".join(out)

@@ -10,6 +10,7 @@ def event(query="SELECT 1", flags=0, command=0):
     ev.engine, ev.start_ns, ev.duration_ns = "postgres", 1_795_000_000_123_456_789, 1_234_567
     ev.conn_id, ev.fp, ev.pid, ev.tid, ev.command, ev.flags, ev.kind = None, 0, 10, 11, command, flags, 1
     ev.context = (None, None, None, None)
+    ev.server = None
     ev.query = query
     return ev
 
