@@ -118,3 +118,10 @@ def compare(logged, events, key, normalize=lambda q: q):
     for k, got in by_key.items():
         problems.append(f"{key}={k}: dbslower saw {len(got)} statements the server did not log, e.g. {got[0]['query']!r}")
     return pairs, problems
+
+
+def median_bias_ms(pairs, measured=lambda ev: ev["duration_ms"]):
+    """Median of (dbslower - server) over matched pairs, in ms: a systematic
+    offset shows here even when every statement is within tolerance."""
+    import statistics
+    return statistics.median(measured(ev) - entry.duration_ms for entry, ev in pairs)

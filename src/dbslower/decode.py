@@ -31,6 +31,10 @@ TEXT_OFFSET = HEADER.size
 
 EV_TRUNCATED, EV_FAILED, EV_NO_TEXT = 1, 2, 4
 TEXT_MISSING = "[text unavailable: prepared before tracing]"
+# Per-backend caches (titles, servers, JSON tails) hold the connections alive
+# at once, not every connection ever seen: emptied above this many, so
+# connection churn cannot grow the tracer's memory.
+PER_PROCESS_CACHE = 4096
 KIND_QUERY, KIND_SAMPLE = 1, 2
 
 PAGE = mmap.PAGESIZE
@@ -165,7 +169,7 @@ class PgTitles:
             return hit[1]
         info = self.read(pid)
         self.cache[pid] = (now_ns, info)
-        if len(self.cache) > 10000:
+        if len(self.cache) > PER_PROCESS_CACHE:
             self.cache.clear()
         return info
 
@@ -239,7 +243,7 @@ class ServerNames:
                 name = os.readlink(f"{self.proc}/{server}/cwd")
             except OSError:
                 name = ""
-            if len(self.cache) > 10000:
+            if len(self.cache) > PER_PROCESS_CACHE:
                 self.cache.clear()
             self.cache[pid] = name
         return name or None

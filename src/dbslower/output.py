@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from dbslower.decode import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, TEXT_MISSING
+from dbslower.decode import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, PER_PROCESS_CACHE, TEXT_MISSING
 
 # Control characters (C0, DEL, C1) would break the one-line-per-query table
 # or drive the terminal (ESC sequences): show them escaped instead.
@@ -92,7 +92,7 @@ class JsonWriter:
             tail = (f'"engine":"{ev.engine}","pid":{ev.pid},"tid":{ev.tid},"command":{d(ev.command_name)},'
                     f'"conn_id":{d(ev.conn_id)},"user":{d(user)},"db":{d(db)},"client":{d(client)},'
                     f'"application_name":{d(app)},"server":{d(ev.server)}}}\n')
-            if len(self._tail) > 100_000:
+            if len(self._tail) > PER_PROCESS_CACHE:
                 self._tail.clear()
             self._tail[key] = tail
         return tail

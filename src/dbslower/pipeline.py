@@ -19,7 +19,8 @@ import os
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
-from dbslower.decode import KIND_QUERY, KIND_SAMPLE, PAGE, TEXT_MISSING, Decoder, RingReader, wait_readable
+from dbslower.decode import (KIND_QUERY, KIND_SAMPLE, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder,
+                             RingReader, wait_readable)
 from dbslower.decode import parse_pg_title
 from dbslower.discover import container_id, namespace_pid, process_cwd, symbol_address
 from dbslower.fingerprint import operation_name
@@ -38,22 +39,21 @@ MAINTAIN_EVERY_S = 0.25  # how often a filling digest map is looked at
 OVERFLOW_FP = other_fp("OTHER")  # the kernel's fp 0: counted while its table was full
 
 
-def _merged(raw, folded):
+def _merged(raw, folded, only_server=0):
     """Kernel maps plus the folded entries, as new dicts; the kernel's
-    overflow entries (fp 0) under their pseudo fingerprint."""
+    overflow entries (fp 0) under their pseudo fingerprint, and server 0
+    as only_server when that is known."""
     stats, hists = {}, {}
     for k, v in raw[0].items():
-        if k[0] == 0:
-            k = (OVERFLOW_FP,) + k[1:]
-            row = stats.setdefault(k, [0, 0, 0, 0, 0])
-            for i in (0, 1, 3, 4):
-                row[i] += v[i]
-            row[2] = max(row[2], v[2])
-        else:
-            stats[k] = list(v)
+        fp, db, srv = k
+        k = (fp or OVERFLOW_FP, db, srv or only_server)
+        row = stats.setdefault(k, [0, 0, 0, 0, 0])
+        for i in (0, 1, 3, 4):
+            row[i] += v[i]
+        row[2] = max(row[2], v[2])
     for k, h in raw[1].items():
-        if k[0] == 0:
-            k = (OVERFLOW_FP,) + k[1:]
+        fp, db, srv, failed = k
+        k = (fp or OVERFLOW_FP, db, srv or only_server, failed)
         out = hists.setdefault(k, {})
         for b, n in h.items():
             out[b] = out.get(b, 0) + n
@@ -107,7 +107,8 @@ class Source:
         filter with follow_filter, and learns PostgreSQL database names."""
         target = self.plan.targets[0]
         engine = self.engine
-        new_procs, new_filter = {}, {}
+        seeding = bool(self.plan.cflags(target).get("SERVER_IDS"))
+        info = {}
         for srv in servers:
             sid = server_id(srv.pid)
             srv.datadir = srv.datadir or process_cwd(srv.pid)
@@ -115,25 +116,36 @@ class Source:
             cid = self.container_of(srv.pid)[0]
             if cid:
                 self.containers[sid] = cid
-            pids = [srv.pid] + [c.pid for c in procs.values() if c.ppid == srv.pid]
             addr = 0
             if engine == "postgres" and target.db_id_symbol:
                 addr = symbol_address(srv.pid, srv.binary, target.db_id_symbol) or 0
-            for pid in pids:
-                if pid not in self._seeded:
-                    new_procs[pid] = (addr, sid)
-                    self._seeded.add(pid)
-                    if follow_filter:
-                        new_filter[pid] = TRACE_INHERIT if pid == srv.pid and engine == "postgres" else TRACE_SELF
+            info[srv.pid] = (addr, sid)
+        # The servers first: from then on their forks inherit the entry; then
+        # the backends, read again so that none forked in between is missed.
+        new = {pid: v for pid, v in info.items() if pid not in self._seeded}
+        if new and seeding:
+            self.tracer.seed_procs(new)
+        if info and new:
+            from dbslower.discover import list_processes
+            procs = list_processes()
+        children, new_filter = {}, {}
+        for p in procs.values():
+            if p.ppid in info and p.pid not in self._seeded:
+                children[p.pid] = info[p.ppid]
+        for pid in list(new) + list(children):
+            self._seeded.add(pid)
+            if follow_filter:
+                new_filter[pid] = TRACE_INHERIT if pid in info and engine == "postgres" else TRACE_SELF
+        if children and seeding:
+            self.tracer.seed_procs(children)
+        if new_filter:
+            self.tracer.add_filter_pids(new_filter)
+        for pid, (addr, sid) in info.items():
             if addr:
-                self._learn_databases(sid, addr, pids[1:])
+                self._learn_databases(sid, addr, [p.pid for p in procs.values() if p.ppid == pid])
         alive = set(procs)
         self._seeded &= alive  # exited processes' kernel entries went at their exit
         self._examined &= alive
-        if new_procs and self.plan.cflags(target).get("SERVER_IDS"):
-            self.tracer.seed_procs(new_procs)
-        if new_filter:
-            self.tracer.add_filter_pids(new_filter)
 
     def _learn_databases(self, sid, addr, backends):
         """(server, database OID) -> name, from each backend's MyDatabaseId
@@ -154,15 +166,21 @@ class Source:
             if db:
                 self.db_names[(sid, oid)] = db
 
+    def _only_server(self):
+        """The server id when this source traces one server: statements that
+        ran between the probes' attach and the seeding of the kernel's procs
+        map (server 0) are then that server's."""
+        return next(iter(self.servers)) if len(self.servers) == 1 else 0
+
     def server_name(self, sid):
-        srv = self.servers.get(sid)
+        srv = self.servers.get(sid or self._only_server())
         return srv.describe() if srv else None
 
     def container_of(self, pid):
         """(container id or None, PID inside the container or None)."""
         hit = self._pid_containers.get(pid)
         if hit is None:
-            if len(self._pid_containers) > 10000:
+            if len(self._pid_containers) > PER_PROCESS_CACHE:
                 self._pid_containers.clear()
             hit = (container_id(pid) or None, namespace_pid(pid))
             self._pid_containers[pid] = hit
@@ -181,10 +199,14 @@ class Source:
         decode, book = self.decoder.decode, self.book
 
         db_names = self.db_names
+        server_name = self.server_name
+        single = len(self.servers) == 1
 
         def handle(buf, off, length):
             ev = decode(buf, off, length)
             ev.origin = self
+            if ev.server_id or single:
+                ev.server = server_name(ev.server_id)
             if ev.db_id and (ev.server_id, ev.db_id) not in db_names and ev.context[1]:
                 # The first statement of each (fingerprint, database) comes as
                 # a sample: its backend's title names the database OID.
@@ -220,7 +242,7 @@ class Source:
             return self.tracer.read_hist(), self.lost()
         if self.mode in DIGEST_MODES:
             self.raw = self.tracer.read_digest_maps()
-            stats, hists = _merged(self.raw, self.folded)
+            stats, hists = _merged(self.raw, self.folded, self._only_server())
             if self.mode == "serve":
                 return (stats, hists), self.lost()
             return by_fingerprint(stats, hists, per_server=not self.merge_servers), self.lost()
@@ -263,8 +285,10 @@ class Source:
         f_stats, f_hists = self.folded
         prev_stats, prev_hists = self.prev[0] if self.prev and self.prev[0] and self.mode != "serve" else ({}, {})
         p_stats, p_hists = self.prev_raw if self.prev_raw else ({}, {})
+        only = self._only_server()
         for key, v in stats.items():
             fp, db, srv = key
+            srv = srv or only
             pseudo = other_fp(operation_name(self.book.group(fp)))
             row = f_stats.setdefault((pseudo, db, srv), [0, 0, 0, 0, 0])
             for i in (0, 1, 3, 4):
@@ -282,11 +306,12 @@ class Source:
                 po = prev_stats.setdefault((pseudo, pkey[1]), [0, 0, 0, 0])
                 for i in (0, 1, 3):
                     po[i] += before[i]
-        for (fp, db, srv, failed, b), n_b in hists.items():
+        for (fp, db, srv0, failed, b), n_b in hists.items():
+            srv = srv0 or only
             pseudo = other_fp(operation_name(self.book.group(fp)))
             h = f_hists.setdefault((pseudo, db, srv, failed), {})
             h[b] = h.get(b, 0) + n_b
-            before = p_hists.get((fp, db, srv, failed), {}).get(b, 0)
+            before = p_hists.get((fp, db, srv0, failed), {}).get(b, 0)
             pkey = (fp, 0 if self.merge_servers else srv)
             if before and pkey in prev_hists:
                 prev_hists[pkey][b] = prev_hists[pkey].get(b, 0) - before

@@ -13,8 +13,8 @@ from dbslower.errors import NoProbes, UsageError
 ET_DYN = 3  # ELF type of a position-independent executable
 # Plan mode -> the BPF program's MODE; "top" is a digest that also streams
 # the statements over an adjustable threshold (SLOW_EVENTS).
-# Digests are kept per server and (PostgreSQL) database (SERVER_IDS); serve
-# also streams the statements over its threshold.
+# Statements carry their server and (PostgreSQL) database (SERVER_IDS), and
+# digests are kept per both; serve also streams the statements over its threshold.
 MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3, "top": 2, "serve": 2}
 DIGEST_MODES = ("digest", "top", "serve")
 TEXT_BYTES_CHOICES = (1024, 2048, 4096, 8192)
@@ -60,7 +60,7 @@ class Plan:
             "THRESHOLD_NS": f"{self.threshold_ns}ULL",
             "MODE": MODES[self.mode],
             "SLOW_EVENTS": 1 if self.mode in ("top", "serve") else 0,
-            "SERVER_IDS": 1 if self.mode in DIGEST_MODES else 0,
+            "SERVER_IDS": 0 if self.mode == "floor" else 1,
             "FILTER_PIDS": 1 if self.filter_pids else 0,
             "DQUOTE_IS_STRING": 1 if self.engine == "mysql" else 0,
             "RINGBUF_PAGES": self.ringbuf_pages,

@@ -303,3 +303,5 @@ SELECT NOW();
 SELECT -1;
 SELECT 1 - 1;
 SELECT 1+1;
+SELECT 'a\' , c' FROM sbtest1;
+SELECT 'x' , c' FROM sbtest1';

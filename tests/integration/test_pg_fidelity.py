@@ -5,7 +5,7 @@ within max(10%, 0.3 ms) of the server's (parse+bind+execute summed)."""
 import pytest
 
 from helpers import Run
-from lab.logs import compare, parse_pg_log, within
+from lab.logs import compare, median_bias_ms, parse_pg_log, within
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +42,8 @@ def check(pg, workload, min_statements):
     # Listed exception (README, "Latency"): a task switch between the
     # server's clock read and the probe's. Allowed for at most 1% of statements.
     assert len(off) <= max(3, len(pairs) // 100), (len(off), len(pairs), off[:10])
+    # No systematic offset: the median signed difference is within 20 us.
+    assert abs(median_bias_ms(pairs)) <= 0.020, median_bias_ms(pairs)
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])

@@ -20,6 +20,10 @@
 #define FNV_OFFSET 14695981039346656037ULL
 
 #define FP_COMMENT_OPEN 6 /* saw '/' then '*': a hint if '!' follows */
+/* MySQL strings: a backslash escapes the next byte, quote included
+ * (pt-fingerprint's QueryRewriter handles \' and \" before quoting). */
+#define FP_SQUOTE_ESC 7
+#define FP_DQUOTE_ESC 8
 
 static __always_inline int is_ident(char c)
 {
@@ -33,10 +37,19 @@ static __always_inline u32 fp_byte(u32 state, char c, char prev, u64 *hash, char
 	char out = 0;
 	switch (state) {
 	case FP_SQUOTE:
+		if (DQUOTE_IS_STRING && c == '\\')
+			return FP_SQUOTE_ESC;
 		return c == '\'' ? FP_PLAIN : FP_SQUOTE;
+	case FP_SQUOTE_ESC:
+		return FP_SQUOTE;
+	case FP_DQUOTE_ESC:
+		return FP_DQUOTE;
 	case FP_DQUOTE:
-		if (DQUOTE_IS_STRING)
+		if (DQUOTE_IS_STRING) {
+			if (c == '\\')
+				return FP_DQUOTE_ESC;
 			return c == '"' ? FP_PLAIN : FP_DQUOTE;
+		}
 		/* PostgreSQL quoted identifier: verbatim, case kept */
 		*hash = (*hash ^ (u8)c) * FNV_PRIME;
 		*last_out = c;
