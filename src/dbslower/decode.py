@@ -20,7 +20,7 @@ from dbslower.quirks import COM_NAMES
 
 # (name, struct format) in declaration order; the text follows.
 HEADER_FIELDS = (
-    ("start_ns", "Q"), ("duration_ns", "Q"), ("conn_id", "Q"), ("fp", "Q"),
+    ("start_ns", "Q"), ("duration_ns", "Q"), ("conn_id", "Q"), ("fp", "Q"), ("app_ptr", "Q"),
     ("pid", "I"), ("tid", "I"), ("text_len", "I"), ("db_id", "I"), ("server_id", "I"),
     ("command", "H"),
     ("flags", "B"), ("kind", "B"),
@@ -35,7 +35,7 @@ TEXT_MISSING = "[text unavailable: prepared before tracing]"
 # at once, not every connection ever seen: emptied above this many, so
 # connection churn cannot grow the tracer's memory.
 PER_PROCESS_CACHE = 4096
-KIND_QUERY, KIND_SAMPLE = 1, 2
+KIND_QUERY, KIND_SAMPLE, KIND_EXIT, KIND_APP = 1, 2, 3, 4
 
 PAGE = mmap.PAGESIZE
 _BUSY = 1 << 31
@@ -101,7 +101,7 @@ class Event:
     (MySQL USDT)."""
 
     __slots__ = ("engine", "start_ns", "duration_ns", "conn_id", "fp", "pid", "tid",
-                 "command", "flags", "kind", "query", "context", "db_id", "server_id", "origin", "server")
+                 "command", "flags", "kind", "query", "context", "db_id", "server_id", "origin", "server", "app_ptr")
 
     @property
     def truncated(self):
@@ -149,61 +149,94 @@ _TITLE_RE = re.compile(r"^postgres: (?:(?P<cluster>[^ ]+): )?(?P<user>\S+) (?P<d
 
 
 class PgTitles:
-    """Context of PostgreSQL backends, cached per PID for a few seconds so a
-    reused PID is re-read: user, database and client from the process title
-    ("postgres: alice shop 10.0.0.5(53412) SELECT"), and application_name
-    from the backend's memory (the exported GUC variable `application_name`,
-    a char *), where the plan found that symbol."""
+    """Context of PostgreSQL backends: user, database and client from the
+    process title ("postgres: alice shop 10.0.0.5(53412) SELECT"), and
+    application_name from the backend's memory (the exported GUC variable
+    `application_name`, a char *).
+
+    With the kernel's per-process table (SERVER_IDS) an event carries the
+    GUC's pointer as it was when the statement started: SET application_name
+    stores a new string, so a changed pointer is when the name is read again,
+    and a KIND_EXIT note (forget()) is when a PID's entry goes. Without it,
+    entries are read again after TTL_NS."""
 
     TTL_NS = 5_000_000_000
 
     def __init__(self, app_name_symbols=None, proc="/proc"):
         self.proc = proc
-        self.cache = {}
+        self.cache = {}  # pid -> [read at ns, (user, db, client), app pointer, application_name]
+        self.app_names = {}  # pid -> (app pointer, name), from the kernel's KIND_APP notes
         # (st_dev, st_ino) of a server binary -> (vaddr of application_name, position-independent?)
         self.app_name_symbols = app_name_symbols or {}
 
-    def get(self, pid, now_ns):
-        hit = self.cache.get(pid)
-        if hit and now_ns - hit[0] < self.TTL_NS:
-            return hit[1]
-        info = self.read(pid)
-        self.cache[pid] = (now_ns, info)
-        if len(self.cache) > PER_PROCESS_CACHE:
-            self.cache.clear()
-        return info
+    def forget(self, pid):
+        self.cache.pop(pid, None)
+        self.app_names.pop(pid, None)
 
-    def read(self, pid):
+    def set_app(self, pid, app_ptr, name):
+        """A KIND_APP note: the kernel read the name when it changed."""
+        self.app_names[pid] = (app_ptr, name)
+        hit = self.cache.get(pid)
+        if hit is not None and hit[2] == app_ptr:
+            hit[3] = name
+
+    def get(self, pid, now_ns, app_ptr=0):
+        hit = self.cache.get(pid)
+        if hit is None or (not app_ptr and now_ns - hit[0] >= self.TTL_NS):
+            if len(self.cache) > PER_PROCESS_CACHE:
+                self.cache.clear()
+            title = self.read_title(pid)
+            if title is None and hit is not None:
+                return hit[1] + (hit[3],)  # exited after the statement: what we knew
+            hit = [now_ns, title or NO_CONTEXT[:3], None, None]
+            self.cache[pid] = hit
+            hit[3] = self.application_name(pid, app_ptr)
+            hit[2] = app_ptr
+        elif app_ptr and app_ptr != hit[2]:
+            hit[2] = app_ptr
+            hit[3] = self.application_name(pid, app_ptr)
+        return hit[1] + (hit[3],)
+
+    def application_name(self, pid, app_ptr=0):
+        noted = self.app_names.get(pid)
+        if noted and app_ptr and noted[0] == app_ptr:
+            return noted[1]
+        return self.read_application_name(pid, app_ptr)
+
+    def read_title(self, pid):
         try:
             with open(f"{self.proc}/{pid}/cmdline", "rb") as f:
                 raw = f.read()
         except OSError:
-            return NO_CONTEXT
-        title = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        return parse_pg_title(title) + (self.application_name(pid),)
+            return None
+        return parse_pg_title(raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
 
-    def application_name(self, pid):
-        if not self.app_name_symbols:
+    def read_application_name(self, pid, app_ptr=0):
+        """From the backend's memory: the string at app_ptr, or (without it)
+        at the GUC's own pointer."""
+        try:
+            fd = os.open(f"{self.proc}/{pid}/mem", os.O_RDONLY)
+        except OSError:
             return None
         try:
-            st = os.stat(f"{self.proc}/{pid}/exe")
-            spec = self.app_name_symbols.get((st.st_dev, st.st_ino))
-            if spec is None:
-                return None
-            vaddr, pie = spec
-            base = 0
-            if pie:
-                base = load_base(pid, st.st_ino, self.proc)
+            ptr = app_ptr
+            if not ptr:
+                if not self.app_name_symbols:
+                    return None
+                st = os.stat(f"{self.proc}/{pid}/exe")
+                spec = self.app_name_symbols.get((st.st_dev, st.st_ino))
+                if spec is None:
+                    return None
+                vaddr, pie = spec
+                base = load_base(pid, st.st_ino, self.proc) if pie else 0
                 if base is None:
                     return None
-            fd = os.open(f"{self.proc}/{pid}/mem", os.O_RDONLY)
-            try:
                 ptr = int.from_bytes(os.pread(fd, 8, base + vaddr), "little")
-                raw = os.pread(fd, 64, ptr) if ptr else b""
-            finally:
-                os.close(fd)
+            raw = os.pread(fd, 64, ptr) if ptr else b""
         except (OSError, ValueError, OverflowError):
             return None
+        finally:
+            os.close(fd)
         return _cstr(raw) if raw else None
 
 
@@ -224,6 +257,9 @@ class ServerNames:
         self.engine = engine
         self.proc = proc
         self.cache = {}
+
+    def forget(self, pid):
+        self.cache.pop(pid, None)
 
     def get(self, pid):
         name = self.cache.get(pid)
@@ -258,8 +294,19 @@ class Decoder:
         self.servers = ServerNames(engine) if context else None
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
+    def note_app(self, ev):
+        if self.titles is not None:
+            self.titles.set_app(ev.pid, ev.app_ptr, ev.query or None)
+
+    def forget(self, pid):
+        """A KIND_EXIT note: what was read of this PID is no longer true."""
+        if self.titles is not None:
+            self.titles.forget(pid)
+        if self.servers is not None:
+            self.servers.forget(pid)
+
     def decode(self, buf, off, length):
-        (start_ns, duration_ns, conn_id, fp, pid, tid, text_len, db_id, server_id, command, flags, kind,
+        (start_ns, duration_ns, conn_id, fp, app_ptr, pid, tid, text_len, db_id, server_id, command, flags, kind,
          db, user, host) = HEADER.unpack_from(buf, off)
         text_len = min(text_len, length - TEXT_OFFSET)
         raw = buf[off + TEXT_OFFSET:off + TEXT_OFFSET + text_len]
@@ -269,6 +316,7 @@ class Decoder:
         ev.duration_ns = duration_ns
         ev.conn_id = conn_id or None
         ev.fp = fp
+        ev.app_ptr = app_ptr
         ev.db_id = db_id
         ev.server_id = server_id
         ev.pid = pid
@@ -284,9 +332,12 @@ class Decoder:
             query = query.rstrip().rstrip(";").rstrip()
         # PostgreSQL: the text exactly as the server received it, trailing blanks included.
         ev.query = query
+        if kind >= KIND_EXIT:  # a note about a process, not a statement
+            ev.server, ev.context = None, NO_CONTEXT
+            return ev
         ev.server = self.servers.get(pid) if self.servers is not None else None
         if self.titles is not None:
-            ev.context = self.titles.get(pid, start_ns)
+            ev.context = self.titles.get(pid, start_ns, app_ptr)
         elif db[0] or user[0] or host[0]:
             ev.context = (_cstr(user), _cstr(db), _cstr(host), None)
         else:

@@ -354,14 +354,15 @@ class Tracer:
         return stats, hists
 
     def seed_procs(self, procs):
-        """SERVER_IDS: {pid: (address of MyDatabaseId in it or 0, server id)}."""
+        """SERVER_IDS: {pid: (address of MyDatabaseId or 0, address of the
+        application_name GUC or 0, server id)}."""
         for lt in self.loaded:
             if not self.plan.cflags(lt.target).get("SERVER_IDS"):
                 continue
             t = lt.bpf["procs"]
-            for pid, (addr, server_id) in procs.items():
+            for pid, (addr, app, server_id) in procs.items():
                 v = t.Leaf()
-                v.db_id_addr, v.server_id = addr, server_id
+                v.db_id_addr, v.app_name_addr, v.server_id = addr, app, server_id
                 t[ct.c_uint32(pid)] = v
 
     def close(self):

@@ -19,7 +19,7 @@ import os
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
-from dbslower.decode import (KIND_QUERY, KIND_SAMPLE, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder,
+from dbslower.decode import (KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder,
                              RingReader, wait_readable)
 from dbslower.decode import parse_pg_title
 from dbslower.discover import container_id, namespace_pid, process_cwd, symbol_address
@@ -116,10 +116,13 @@ class Source:
             cid = self.container_of(srv.pid)[0]
             if cid:
                 self.containers[sid] = cid
-            addr = 0
-            if engine == "postgres" and target.db_id_symbol:
-                addr = symbol_address(srv.pid, srv.binary, target.db_id_symbol) or 0
-            info[srv.pid] = (addr, sid)
+            addr = app = 0
+            if engine == "postgres":
+                if target.db_id_symbol:
+                    addr = symbol_address(srv.pid, srv.binary, target.db_id_symbol) or 0
+                if target.app_name_symbol:
+                    app = symbol_address(srv.pid, srv.binary, target.app_name_symbol) or 0
+            info[srv.pid] = (addr, app, sid)
         # The servers first: from then on their forks inherit the entry; then
         # the backends, read again so that none forked in between is missed.
         new = {pid: v for pid, v in info.items() if pid not in self._seeded}
@@ -140,7 +143,7 @@ class Source:
             self.tracer.seed_procs(children)
         if new_filter:
             self.tracer.add_filter_pids(new_filter)
-        for pid, (addr, sid) in info.items():
+        for pid, (addr, _app, sid) in info.items():
             if addr:
                 self._learn_databases(sid, addr, [p.pid for p in procs.values() if p.ppid == pid])
         alive = set(procs)
@@ -201,6 +204,7 @@ class Source:
         db_names = self.db_names
         server_name = self.server_name
         single = len(self.servers) == 1
+        forget, note_app = self.decoder.forget, self.decoder.note_app
 
         def handle(buf, off, length):
             ev = decode(buf, off, length)
@@ -211,6 +215,12 @@ class Source:
                 # The first statement of each (fingerprint, database) comes as
                 # a sample: its backend's title names the database OID.
                 db_names[(ev.server_id, ev.db_id)] = ev.context[1]
+            if ev.kind == KIND_EXIT:
+                forget(ev.pid)
+                return
+            if ev.kind == KIND_APP:
+                note_app(ev)
+                return
             if ev.kind == KIND_SAMPLE:
                 book.add_sample(ev)
             elif ev.kind == KIND_QUERY:

@@ -190,3 +190,19 @@ def test_json_lines_are_valid_under_load(pg):
         obj = json.loads(line)
         assert {"ts", "engine", "pid", "tid", "duration_ms", "query", "truncated"} <= set(obj)
     assert "lost" not in run.stderr
+
+
+def test_application_name_follows_set_and_pid_reuse_gets_fresh_context(pg):
+    """pgjdbc sets application_name right after connecting: each statement
+    shows the name in force when it ran, not one cached for seconds."""
+    import psycopg
+    conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+        with psycopg.connect(conninfo, autocommit=True, application_name="first") as conn:
+            conn.execute("SELECT 'one'")
+            conn.execute("SET application_name = 'second'")
+            conn.execute("SELECT 'two'")
+            conn.execute("SET application_name = 'third'")
+            conn.execute("SELECT 'three'")
+    names = {e["query"]: e["application_name"] for e in run.events()}
+    assert (names["SELECT 'one'"], names["SELECT 'two'"], names["SELECT 'three'"]) == ("first", "second", "third")

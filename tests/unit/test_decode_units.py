@@ -9,7 +9,7 @@ def test_pg_titles():
 
 
 def record(text, **kw):
-    values = dict(start_ns=5, duration_ns=7, conn_id=42, fp=0, pid=1, tid=2, text_len=len(text), db_id=0, server_id=0,
+    values = dict(start_ns=5, duration_ns=7, conn_id=42, fp=0, app_ptr=0, pid=1, tid=2, text_len=len(text), db_id=0, server_id=0,
                   command=3, flags=0, kind=1, db=b"shop", user=b"alice", host=b"localhost")
     values.update(kw)
     head = HEADER.pack(*(values[name] for name, _ in decode.HEADER_FIELDS))

@@ -53,10 +53,10 @@ def test_event_header_matches_decoder():
 
 
 def test_flag_and_kind_constants_match():
-    out = compile_and_run('#include "dbslower.h"\nint main(void) { printf("%d %d %d %d %d\\n", '
-                          'EV_TRUNCATED, EV_FAILED, EV_NO_TEXT, KIND_QUERY, KIND_SAMPLE); return 0; }\n')
+    out = compile_and_run('#include "dbslower.h"\nint main(void) { printf("%d %d %d %d %d %d %d\\n", '
+                          'EV_TRUNCATED, EV_FAILED, EV_NO_TEXT, KIND_QUERY, KIND_SAMPLE, KIND_EXIT, KIND_APP); return 0; }\n')
     assert [int(x) for x in out.split()] == [decode.EV_TRUNCATED, decode.EV_FAILED, decode.EV_NO_TEXT,
-                                             decode.KIND_QUERY, decode.KIND_SAMPLE]
+                                             decode.KIND_QUERY, decode.KIND_SAMPLE, decode.KIND_EXIT, decode.KIND_APP]
 
 
 @pytest.mark.parametrize("seed", [1, 2])

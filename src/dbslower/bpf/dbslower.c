@@ -115,6 +115,29 @@ static __always_inline int pid_traced(u32 tgid)
  * that already run, and fork copies the entry to new ones. Same size as
  * traced_pids. */
 BPF_HASH(procs, u32, struct proc_info, 65536);
+/* KIND_EXIT and KIND_APP notes are built here: too big for the BPF stack. */
+BPF_PERCPU_ARRAY(note_scratch, struct query_event, 1);
+
+/* A note to user space about process tgid; text: a string of at most 64
+ * bytes (application_name's maximum, NAMEDATALEN), or none. */
+static __always_inline void send_note(u8 kind, u32 tgid, u32 tid, u64 app_ptr, const char *text)
+{
+	u32 zero = 0;
+	struct query_event *note = note_scratch.lookup(&zero);
+	if (!note)
+		return;
+	note->kind = kind;
+	note->pid = tgid;
+	note->tid = tid;
+	note->app_ptr = app_ptr;
+	note->text_len = 0;
+	if (text) {
+		int n = bpf_probe_read_user_str(note->text, 64, text);
+		note->text_len = n > 0 ? n - 1 : 0;
+	}
+	if (events.ringbuf_output(note, offsetof(struct query_event, text) + 64, 0) < 0)
+		count(CTR_LOST_EVENTS);
+}
 #endif
 
 #if FILTER_PIDS || SERVER_IDS
@@ -404,6 +427,7 @@ struct pg_inflight {
 	u8 has_text;         /* the statement has started (its first window opened) */
 	u8 text_copied;      /* ev.text holds its text */
 	u8 pad[5];
+	u64 last_app_ptr;    /* application_name's pointer already sent in a KIND_APP note */
 	struct query_event ev;
 };
 
@@ -489,10 +513,19 @@ static __always_inline int on_status(const char *text, int running)
 		v->ev.server_id = 0;
 #if SERVER_IDS
 		struct proc_info *pp = procs.lookup(&tgid);
+		v->ev.app_ptr = 0;
 		if (pp) {
 			v->ev.server_id = pp->server_id;
 			if (pp->db_id_addr)
 				bpf_probe_read_user(&v->ev.db_id, sizeof(v->ev.db_id), (void *)pp->db_id_addr);
+			if (pp->app_name_addr)
+				bpf_probe_read_user(&v->ev.app_ptr, sizeof(v->ev.app_ptr), (void *)pp->app_name_addr);
+		}
+		if (v->ev.app_ptr != v->last_app_ptr) {
+			/* A new connection, or SET application_name: send the name
+			 * now, while the backend surely lives, once per change. */
+			v->last_app_ptr = v->ev.app_ptr;
+			send_note(KIND_APP, tgid, tid, v->ev.app_ptr, (const char *)v->ev.app_ptr);
 		}
 #endif
 	}
@@ -941,7 +974,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	traced_pids.delete(&tgid);
 #endif
 #if SERVER_IDS
-	procs.delete(&tgid);
+	if (procs.lookup(&tgid)) {
+		procs.delete(&tgid);
+		/* User space caches what it read of this process (title, server):
+		 * tell it the PID is free, so a process reusing it is read afresh. */
+		send_note(KIND_EXIT, tgid, tid, 0, 0);
+	}
 #endif
 	return 0;
 }

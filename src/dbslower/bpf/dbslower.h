@@ -39,6 +39,8 @@
 /* query_event.kind */
 #define KIND_QUERY 1  /* one finished statement */
 #define KIND_SAMPLE 2 /* digest mode: first text seen for a kernel fingerprint */
+#define KIND_EXIT 3   /* a server process exited: its PID may be reused (header only) */
+#define KIND_APP 4    /* PostgreSQL: a backend's application_name (text) at pointer app_ptr */
 
 /* Wire format of one ring buffer record: the header, then text_len bytes. */
 struct query_event {
@@ -46,6 +48,8 @@ struct query_event {
 	u64 duration_ns;
 	u64 conn_id;     /* MySQL connection id; 0 when unknown */
 	u64 fp;          /* kernel fingerprint hash (digest mode) */
+	u64 app_ptr;     /* PostgreSQL: the application_name GUC's char * at the statement's
+	                  * start; it changes when SET application_name runs (SERVER_IDS) */
 	u32 pid;         /* process (tgid) */
 	u32 tid;         /* thread */
 	u32 text_len;    /* bytes of text that follow the header */
@@ -86,7 +90,8 @@ struct hist_key {
 
 /* SERVER_IDS: what the BPF program knows of a server process. */
 struct proc_info {
-	u64 db_id_addr; /* PostgreSQL: address of MyDatabaseId in the process; 0 otherwise */
+	u64 db_id_addr;   /* PostgreSQL: address of MyDatabaseId in the process; 0 otherwise */
+	u64 app_name_addr; /* PostgreSQL: address of the application_name GUC (a char *); 0 otherwise */
 	u32 server_id;
 	u32 pad;
 };
