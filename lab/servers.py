@@ -185,13 +185,7 @@ class PgServer:
                 self.proc.wait()
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.shutdown()
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

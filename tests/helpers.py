@@ -34,6 +34,14 @@ def require(condition, why):
     pytest.skip(why)  # outside CI only: under CI=true require() fails above
 
 
+def uprobes():
+    """The kernel's uprobe_events (tracefs): what is attached through it."""
+    try:
+        return Path("/sys/kernel/tracing/uprobe_events").read_text()
+    except OSError:
+        return ""
+
+
 def require_root():
     require(os.geteuid() == 0, "needs root")
 

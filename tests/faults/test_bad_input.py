@@ -7,16 +7,10 @@ import sys
 
 import pytest
 
-from helpers import ENV, Run, run_cli
+from helpers import ENV, Run, run_cli, uprobes
 
 pytestmark = pytest.mark.integration
 
-
-def uprobes():
-    try:
-        return open("/sys/kernel/tracing/uprobe_events").read()
-    except OSError:
-        return ""
 
 
 def clean_error(r, code, needle):

@@ -6,17 +6,11 @@ import time
 
 import pytest
 
-from helpers import Run
+from helpers import Run, uprobes
 from lab.servers import PgServer, wait_for, wheel_pg_bindir
 
 pytestmark = pytest.mark.integration
 
-
-def uprobes():
-    try:
-        return open("/sys/kernel/tracing/uprobe_events").read()
-    except OSError:
-        return ""
 
 
 def test_p_target_restarted_exits_nonzero_and_says_why():

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import DBSLOWER, ENV, require, run_cli
+from helpers import DBSLOWER, ENV, require, run_cli, uprobes
 from lab.servers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,6 @@ def semaphore(pid):
     finally:
         os.close(fd)
 
-
-def uprobes():
-    try:
-        return open("/sys/kernel/tracing/uprobe_events").read()
-    except OSError:
-        return ""
 
 
 @pytest.mark.parametrize("mode", [["-m", "0", "-j"], ["--hist", "1"], ["--digest", "1"], ["serve"]])

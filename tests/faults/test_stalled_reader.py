@@ -10,18 +10,12 @@ import time
 
 import pytest
 
-from helpers import DBSLOWER, ENV
+from helpers import DBSLOWER, ENV, uprobes
 from lab.logs import parse_pg_log
 from lab.servers import wait_for
 
 pytestmark = pytest.mark.integration
 
-
-def uprobes():
-    try:
-        return open("/sys/kernel/tracing/uprobe_events").read()
-    except OSError:
-        return ""
 
 
 def test_stalled_reader(pg, tmp_path):

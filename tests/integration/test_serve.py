@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DBSLOWER, ENV, ROOT, require, run_cli
+from helpers import DBSLOWER, ENV, ROOT, require, run_cli, uprobes
 from lab.logs import parse_pg_log
 from lab.servers import MariaServer, PgServer, wait_for
 
@@ -29,12 +29,6 @@ def free_port():
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def uprobes():
-    try:
-        return open("/sys/kernel/tracing/uprobe_events").read()
-    except OSError:
-        return ""
 
 
 class Serve:

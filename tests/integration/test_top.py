@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from helpers import ENV, ROOT, require, run_cli
+from helpers import ENV, ROOT, require, run_cli, uprobes
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +68,6 @@ def table_rows(screen):
             rows.append((m[1] or "PG", m[2]))
     return rows
 
-
-def uprobes():
-    try:
-        return open("/sys/kernel/tracing/uprobe_events").read()
-    except OSError:
-        return ""
 
 
 class Load:
