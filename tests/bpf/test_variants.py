@@ -1,0 +1,73 @@
+"""Every build variant of the BPF program compiles, passes the verifier and
+attaches: engine x probe method x mode x text size (and the PID filter), so
+a change that breaks a rarely used variant fails here. The size of each
+loaded program is printed (pytest -s) to watch the verifier's budget."""
+
+import shutil
+
+import pytest
+
+from fixture_programs import Fixture, build
+from helpers import require_root
+
+pytestmark = pytest.mark.bpf
+
+MODES = ["stream", "hist", "digest", "top", "serve", "floor"]
+
+
+@pytest.fixture(scope="module")
+def mysql_usdt():
+    exe = build("mysql_usdt.c", "mysqld", "gcc")
+    f = Fixture(exe)
+    yield f
+    f.stop()
+    shutil.rmtree(exe.parent)
+
+
+@pytest.fixture(scope="module")
+def mysql57():
+    exe = build("mysql57_abi.cc", "mysqld", "g++")
+    f = Fixture(exe)
+    yield f
+    f.stop()
+    shutil.rmtree(exe.parent)
+
+
+def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None):
+    from dbslower.load import Tracer
+    from dbslower.plan import make_plan
+    plan = make_plan(engine, servers, pids=[s.pid for s in servers] if filter_pids else None,
+                     threshold_ns=0, text_bytes=text_bytes, mode=mode, no_usdt=no_usdt)
+    with Tracer(plan) as tracer:
+        sizes = {}
+        from dbslower.plan import DIGEST_MODES
+        for lt in tracer.loaded:
+            fns = [p.fn for p in lt.target.probes] + (["fp_chunk"] if mode in DIGEST_MODES else [])
+            for fn in fns:
+                sizes[fn] = len(lt.bpf.dump_func(fn.encode())) // 8
+        print(f"{engine} {plan.targets[0].method} {mode} {text_bytes} filter={filter_pids}: "
+              + ", ".join(f"{fn} {n}" for fn, n in sorted(sizes.items())))
+        return plan.targets[0].method, sizes
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("text_bytes", [1024, 8192])
+def test_postgres_variants(pg, mode, text_bytes):
+    require_root()
+    from dbslower.discover import find_servers
+    servers = find_servers("postgres", pids=[pg.pid])
+    for method, no_usdt in (("usdt", None), ("uprobe", "test: the uprobe variant")):
+        for filter_pids in (False, True):
+            got, sizes = load("postgres", servers, mode, text_bytes, filter_pids, no_usdt)
+            assert got == method and sizes
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("text_bytes", [1024, 8192])
+def test_mysql_variants(maria, mysql_usdt, mysql57, mode, text_bytes):
+    require_root()
+    from dbslower.discover import find_servers
+    for fixture, method in ((maria, "uprobe"), (mysql_usdt, "usdt"), (mysql57, "uprobe")):
+        servers = find_servers("mysql", pids=[fixture.pid])
+        got, sizes = load("mysql", servers, mode, text_bytes, filter_pids=fixture is maria)
+        assert got == method and sizes
