@@ -42,6 +42,7 @@ class Target:
     ref_ctrs: dict = field(default_factory=dict)  # USDT location -> semaphore file offset
     app_name_symbol: tuple = ()  # PostgreSQL: (vaddr of application_name, position-independent?)
     db_id_symbol: tuple = ()     # PostgreSQL: (vaddr of MyDatabaseId, position-independent?)
+    hits: str = ""               # probe hits per statement, for -v and the README
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Plan:
         return flags
 
 
-def _pg_target(binary, elf, run_pid):
+def _pg_target(binary, elf, run_pid, hits):
     usdt = {p.name for p in elf.usdt_probes() if p.provider == "postgresql"}
     syms = elf.symbols()
     missing_usdt = [n for n in quirks.PG_USDT_PROBES if n not in usdt]
@@ -97,6 +98,9 @@ def _pg_target(binary, elf, run_pid):
         else:
             reason = "USDT probes need a running server to enable; exported functions instead"
     notes = []
+    hits.append("simple Query 4 (state report, PortalRun, check_log_duration, idle report); "
+                "extended Parse/Bind/Execute/Sync 8 (3 state reports, 3 check_log_duration, PortalRun, "
+                "idle report); +1 for a failed statement (AbortCurrentTransaction)")
     sym, fn = quirks.PG_END_UPROBE
     if sym in syms:
         probes.append(Probe("uprobe", sym, fn))
@@ -110,7 +114,7 @@ def _pg_target(binary, elf, run_pid):
     return method, reason, probes, cflags, notes
 
 
-def _mysql_target(binary, elf, run_pid):
+def _mysql_target(binary, elf, run_pid, hits):
     usdt = {p.name for p in elf.usdt_probes() if p.provider == "mysql"}
     syms = elf.symbols()
     cflags = {f"COM_{k[4:]}": v for k, v in quirks.COM.items()}
@@ -121,6 +125,7 @@ def _mysql_target(binary, elf, run_pid):
         probes = [Probe("usdt", n, fn) for n, fn in quirks.MY_USDT_PROBES.items()]
         cflags["USE_USDT"] = 1
         notes.append("USDT query probes: prepared statements (COM_STMT_EXECUTE) are not covered")
+        hits.append("COM_QUERY 2 (query__start, query__done)")
         return "usdt", "binary has USDT probes query__start and query__done", probes, cflags, notes
     sig = next((s for s in quirks.DISPATCH_SIGNATURES if s.symbol in syms), None)
     if sig is None:
@@ -161,6 +166,9 @@ def _mysql_target(binary, elf, run_pid):
     if off < 0:
         notes.append("connection id unknown on this build")
     cflags["THD_CONN_ID_OFFSET"] = off
+    hits.append("COM_QUERY 4 (dispatch_command entry and return, mysql_parse, Protocol::end_statement), "
+                "COM_STMT_EXECUTE 4 (with Prepared_statement::execute instead of mysql_parse); "
+                "+1 per further statement of a multi-statement query, +1 per error (my_message_sql)")
     return "uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes
 
 
@@ -172,7 +180,8 @@ def plan_target(engine, path, servers, no_usdt=None):
     run_pid = servers[0].pid if servers and not no_usdt else 0
     with ElfFile(path) as elf:
         build = _pg_target if engine == "postgres" else _mysql_target
-        method, reason, probes, cflags, notes = build(binary, elf, run_pid)
+        hits = []
+        method, reason, probes, cflags, notes = build(binary, elf, run_pid, hits)
         if no_usdt:
             reason = f"{no_usdt}; {reason}"
         ref_ctrs = _semaphores(elf, {p.site for p in probes if p.kind == "usdt"})
@@ -184,7 +193,7 @@ def plan_target(engine, path, servers, no_usdt=None):
                   source="dbslower.c",
                   usdt_pid=run_pid if method == "usdt" else 0,
                   pids=[s.pid for s in servers], notes=notes, ref_ctrs=ref_ctrs,
-                  app_name_symbol=app_name_symbol, db_id_symbol=db_id_symbol)
+                  app_name_symbol=app_name_symbol, db_id_symbol=db_id_symbol, hits="; ".join(hits))
 
 
 def app_name_symbols(plan):
