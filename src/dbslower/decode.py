@@ -164,7 +164,7 @@ class PgTitles:
 
     def __init__(self, app_name_symbols=None, proc="/proc"):
         self.proc = proc
-        self.cache = {}  # pid -> [read at ns, (user, db, client), app pointer, application_name]
+        self.cache = {}  # pid -> [read at ns, (user, db, client), app pointer, application_name, title]
         self.app_names = {}  # pid -> (app pointer, name), from the kernel's KIND_APP notes
         # (st_dev, st_ino) of a server binary -> (vaddr of application_name, position-independent?)
         self.app_name_symbols = app_name_symbols or {}
@@ -185,10 +185,10 @@ class PgTitles:
         if hit is None or (not app_ptr and now_ns - hit[0] >= self.TTL_NS):
             if len(self.cache) > PER_PROCESS_CACHE:
                 self.cache.clear()
-            title = self.read_title(pid)
-            if title is None and hit is not None:
+            raw = self.read_raw_title(pid)
+            if raw is None and hit is not None:
                 return hit[1] + (hit[3],)  # exited after the statement: what we knew
-            hit = [now_ns, title or NO_CONTEXT[:3], None, None]
+            hit = [now_ns, parse_pg_title(raw) if raw else NO_CONTEXT[:3], None, None, raw]
             self.cache[pid] = hit
             hit[3] = self.application_name(pid, app_ptr)
             hit[2] = app_ptr
@@ -203,13 +203,26 @@ class PgTitles:
             return noted[1]
         return self.read_application_name(pid, app_ptr)
 
-    def read_title(self, pid):
+    def read_raw_title(self, pid):
         try:
             with open(f"{self.proc}/{pid}/cmdline", "rb") as f:
                 raw = f.read()
         except OSError:
             return None
-        return parse_pg_title(raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def with_database(self, pid, db):
+        """(user, db, client, application_name) when the database's name is
+        known (from its OID): the title is split around it, so names with
+        spaces come out whole; a backend gone before it was read gets db alone."""
+        hit = self.cache.get(pid)
+        title = hit[4] if hit else None
+        parts = split_pg_title(title, db) if title else None
+        if parts is None:
+            parts = (hit[1][0], db, hit[1][2]) if hit and hit[1][1] == db else (None, db, None)
+        if hit is not None:
+            hit[1] = parts
+        return parts + (hit[3] if hit else None,)
 
     def read_application_name(self, pid, app_ptr=0):
         """From the backend's memory: the string at app_ptr, or (without it)
@@ -238,6 +251,21 @@ class PgTitles:
         finally:
             os.close(fd)
         return _cstr(raw) if raw else None
+
+
+_TITLE_PREFIX_RE = re.compile(r"^postgres: (?:[^ ]+: )?")
+
+
+def split_pg_title(title, db):
+    """(user, db, client) from a title, given the database's exact name."""
+    m = _TITLE_PREFIX_RE.match(title)
+    if not m:
+        return None
+    rest = title[m.end():]
+    i = rest.find(f" {db} ")
+    if i <= 0:
+        return None
+    return (rest[:i], db, rest[i + len(db) + 2:].split(" ", 1)[0] or None)
 
 
 def parse_pg_title(title):
@@ -293,6 +321,11 @@ class Decoder:
         self.titles = PgTitles(app_name_symbols) if engine == "postgres" and context else None
         self.servers = ServerNames(engine) if context else None
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
+
+    def with_database(self, ev, db):
+        if self.titles is None:
+            return ev.context
+        return self.titles.with_database(ev.pid, db)
 
     def note_app(self, ev):
         if self.titles is not None:

@@ -327,3 +327,42 @@ def find_servers_by_engine(engines, pids=None, binary=None, procs=None):
         raise NoServer("no running PostgreSQL postmaster, mysqld or mariadbd process found",
                        "start a server, or give its binary with -x PATH")
     return out
+
+
+def pg_database_names(datadir):
+    """{database OID: name} of a PostgreSQL cluster, from its pg_database
+    heap file (layout and sources: quirks.py). Live rows win over deleted
+    ones (a renamed database leaves its old row until vacuum). {} when the
+    file cannot be read."""
+    import struct
+    from dbslower import quirks as q
+    try:
+        with open(os.path.join(datadir, "global", "pg_filenode.map"), "rb") as f:
+            raw = f.read()
+        magic, n = struct.unpack_from("<ii", raw, 0)
+        if magic != q.PG_FILENODE_MAP_MAGIC:
+            return {}
+        filenode = next((fn for oid, fn in struct.iter_unpack("<II", raw[8:8 + 8 * n]) if oid == q.PG_DATABASE_OID),
+                        q.PG_DATABASE_OID)
+        with open(os.path.join(datadir, "global", str(filenode)), "rb") as f:
+            heap = f.read()
+    except (OSError, struct.error):
+        return {}
+    live, dead = {}, {}
+    for page in range(0, len(heap) - q.PG_PAGE_BYTES + 1, q.PG_PAGE_BYTES):
+        lower = struct.unpack_from("<H", heap, page + 12)[0]
+        for lp in range(page + q.PG_PAGE_HEADER_BYTES, page + min(lower, q.PG_PAGE_BYTES), 4):
+            word = struct.unpack_from("<I", heap, lp)[0]
+            off, flags, length = word & 0x7FFF, (word >> 15) & 3, word >> 17
+            if flags != 1 or not length:
+                continue
+            tup = page + off
+            infomask, hoff = struct.unpack_from("<HB", heap, tup + 20)
+            if infomask & q.PG_HEAP_XMIN_INVALID:
+                continue
+            data = tup + hoff
+            oid = struct.unpack_from("<I", heap, data)[0]
+            name = heap[data + 4:data + 4 + q.PG_NAMEDATALEN].split(b"\0", 1)[0].decode("utf-8", "replace")
+            (live if infomask & q.PG_HEAP_XMAX_INVALID else dead)[oid] = name
+    dead.update(live)
+    return dead

@@ -22,7 +22,7 @@ from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_r
 from dbslower.decode import (KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder,
                              RingReader, wait_readable)
 from dbslower.decode import parse_pg_title
-from dbslower.discover import container_id, namespace_pid, process_cwd, symbol_address
+from dbslower.discover import container_id, namespace_pid, pg_database_names, process_cwd, symbol_address
 from dbslower.fingerprint import operation_name
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
 
@@ -97,6 +97,7 @@ class Source:
         self.containers = {}      # server id -> container id
         self._pid_containers = {}
         self.merge_servers = False  # --digest/top: one row per fingerprint for all servers
+        self._db_reread = {}      # server id -> when its pg_database may be read again
         self._seeded = set()      # pids in the kernel's procs map
         self._examined = set()    # backends whose database OID was read
 
@@ -123,6 +124,9 @@ class Source:
                 if target.app_name_symbol:
                     app = symbol_address(srv.pid, srv.binary, target.app_name_symbol) or 0
             info[srv.pid] = (addr, app, sid)
+            if engine == "postgres" and srv.datadir:
+                for oid, name in pg_database_names(srv.datadir).items():
+                    self.db_names[(sid, oid)] = name
         # The servers first: from then on their forks inherit the entry; then
         # the backends, read again so that none forked in between is missed.
         new = {pid: v for pid, v in info.items() if pid not in self._seeded}
@@ -149,6 +153,18 @@ class Source:
         alive = set(procs)
         self._seeded &= alive  # exited processes' kernel entries went at their exit
         self._examined &= alive
+
+    def _database_name(self, sid, oid):
+        """Reads the server's pg_database again for an OID not known yet (a
+        database created later), at most once a second per server."""
+        srv = self.servers.get(sid)
+        now = time.monotonic()
+        if srv is None or not srv.datadir or now < self._db_reread.get(sid, 0):
+            return None
+        self._db_reread[sid] = now + 1.0
+        for o, name in pg_database_names(srv.datadir).items():
+            self.db_names.setdefault((sid, o), name)
+        return self.db_names.get((sid, oid))
 
     def _learn_databases(self, sid, addr, backends):
         """(server, database OID) -> name, from each backend's MyDatabaseId
@@ -205,16 +221,24 @@ class Source:
         server_name = self.server_name
         single = len(self.servers) == 1
         forget, note_app = self.decoder.forget, self.decoder.note_app
+        with_database = self.decoder.with_database
+        only = self._only_server()
 
         def handle(buf, off, length):
             ev = decode(buf, off, length)
             ev.origin = self
             if ev.server_id or single:
                 ev.server = server_name(ev.server_id)
-            if ev.db_id and (ev.server_id, ev.db_id) not in db_names and ev.context[1]:
-                # The first statement of each (fingerprint, database) comes as
-                # a sample: its backend's title names the database OID.
-                db_names[(ev.server_id, ev.db_id)] = ev.context[1]
+            if ev.db_id:
+                # The kernel read the database's OID: its name comes from the
+                # cluster's pg_database, so it is right even for a backend that
+                # exited before this was decoded, and for names with spaces.
+                key = (ev.server_id or only, ev.db_id)
+                name = db_names.get(key) or self._database_name(*key)
+                if name is None and ev.context[1]:
+                    db_names[key] = name = ev.context[1]
+                if name is not None and (ev.context[1] != name or ev.context[0] is None):
+                    ev.context = with_database(ev, name)
             if ev.kind == KIND_EXIT:
                 forget(ev.pid)
                 return

@@ -147,3 +147,26 @@ def thd_thread_id_offset(code):
     if code and len(code) >= 5 and code[:3] == b"\x48\x8b\x47" and code[4:5] == b"\xc3":
         return code[3]  # disp8 form
     return -1
+
+
+# --- PostgreSQL database names, from the data directory ---------------------
+# A statement's database is known in the kernel as an OID (MyDatabaseId); its
+# name is read from the shared catalog pg_database's heap file, so it is
+# known even for a backend that exited before its event was decoded, and a
+# name with spaces is never split wrongly from the process title.
+#   global/pg_filenode.map (src/backend/utils/cache/relmapper.c, RelMapFile):
+#     int32 magic 0x592717, int32 num_mappings, then (Oid, RelFileNumber) pairs
+#   pg_database is catalog OID 1262 (src/include/catalog/pg_database.h), a
+#     mapped relation; its first columns are `Oid oid` then `NameData datname`
+#     (64 bytes) in PG 12-18 (oid became a plain column in 12)
+#   pages (src/include/storage/bufpage.h): a 24-byte header with pd_lower at
+#     12, then 4-byte line pointers (lp_off:15, lp_flags:2, lp_len:15; 1 = NORMAL)
+#   tuples (src/include/access/htup_details.h): t_infomask at 20, t_hoff at
+#     22; HEAP_XMIN_INVALID 0x0200 (an aborted insert), HEAP_XMAX_INVALID 0x0800
+PG_FILENODE_MAP_MAGIC = 0x592717
+PG_DATABASE_OID = 1262
+PG_PAGE_BYTES = 8192
+PG_PAGE_HEADER_BYTES = 24
+PG_NAMEDATALEN = 64
+PG_HEAP_XMIN_INVALID = 0x0200
+PG_HEAP_XMAX_INVALID = 0x0800

@@ -70,3 +70,42 @@ def test_odd_text_reported_as_the_server_saw_it(pg):
             conn.execute("SELECT 'esc\x1b[2J\nnewline'", prepare=False)
     line = next(x for x in table.stdout.splitlines() if "newline" in x)
     assert "\x1b" not in line and "\\x1b[2J\\nnewline" in line
+
+
+def test_invalid_utf8_from_a_sql_ascii_database(pg):
+    """A SQL_ASCII database takes any bytes: the JSON stays valid, the bytes
+    that are not UTF-8 show as U+FFFD, and the table shows no raw control."""
+    import psycopg
+    pg.psql("DROP DATABASE IF EXISTS ascii_db")
+    pg.psql("CREATE DATABASE ascii_db ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    pg.psql("CHECKPOINT")  # database names are read from pg_database on disk (README)
+    conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=ascii_db"
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("SET client_encoding = 'SQL_ASCII'")
+            cur = psycopg.ClientCursor(conn)
+            cur.execute(b"SELECT 'caf\xe9 \xff\xfe', 'ok'")
+    events = [e for e in run.events() if "'ok'" in e["query"]]
+    assert len(events) == 1 and events[0]["query"] == "SELECT 'caf\ufffd \ufffd\ufffd', 'ok'"
+    assert events[0]["db"] == "ascii_db"
+
+
+def test_names_with_spaces(pg):
+    """A role and a database whose names have spaces: reported whole, also for
+    a connection that ended before its events were read."""
+    import psycopg
+    pg.psql('DROP DATABASE IF EXISTS "sales db"')
+    pg.psql('DROP ROLE IF EXISTS "ann lee"')
+    pg.psql('CREATE ROLE "ann lee" LOGIN SUPERUSER')
+    pg.psql('CREATE DATABASE "sales db"')
+    pg.psql("CHECKPOINT")  # database names are read from pg_database on disk (README)
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+        with psycopg.connect(host=str(pg.sock), port=pg.port, user="ann lee", dbname="sales db",
+                             autocommit=True) as conn:
+            conn.execute("SELECT 'spaces'")
+            import time
+            time.sleep(0.5)  # this one is read while the backend lives
+            conn.execute("SELECT 'spaces, late'")
+    got = {e["query"]: (e["user"], e["db"]) for e in run.events() if "spaces" in e["query"]}
+    assert got["SELECT 'spaces'"] == ("ann lee", "sales db")
+    assert got["SELECT 'spaces, late'"] == ("ann lee", "sales db")

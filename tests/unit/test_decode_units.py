@@ -44,3 +44,11 @@ def test_text_cut_inside_a_character_ends_at_the_last_whole_one():
 def test_postgres_text_keeps_trailing_blanks():
     buf = record(b"SELECT 1 \t\n")
     assert Decoder("postgres", context=False).decode(buf, 0, len(buf)).query == "SELECT 1 \t\n"
+
+
+def test_pg_title_split_around_a_known_database_name():
+    from dbslower.decode import split_pg_title
+    assert split_pg_title("postgres: ann lee sales db 10.0.0.5(53412) SELECT", "sales db") == \
+        ("ann lee", "sales db", "10.0.0.5(53412)")
+    assert split_pg_title("postgres: 15/main: bob shop [local] idle", "shop") == ("bob", "shop", "[local]")
+    assert split_pg_title("postgres: checkpointer", "shop") is None
