@@ -480,15 +480,16 @@ class Pipeline:
                 fds = self._fds()
                 next_discovery = now + self.rediscover_s
                 continue
-            if next_maintain and now >= next_maintain and not (next_at and next_at - now < MAINTAIN_EVERY_S):
-                # Between reports: keep room in the digest maps.
-                self._drain()
-                for src in self.sources:
-                    if src.mode in DIGEST_MODES and src.maintenance_due(now):
-                        src.snapshot()
-                        src.evict_cold()
+            if next_maintain and now >= next_maintain:
                 next_maintain = now + MAINTAIN_EVERY_S
-                continue
+                if not (next_at and next_at - now < MAINTAIN_EVERY_S):  # a report comes sooner: it looks
+                    # Between reports: keep room in the digest maps.
+                    self._drain()
+                    for src in self.sources:
+                        if src.mode in DIGEST_MODES and src.maintenance_due(now):
+                            src.snapshot()
+                            src.evict_cold()
+                    continue
             if next_at and now >= next_at:
                 snaps, end = self._snapshots()
                 stop_now = _call(sinks, "on_snapshots", list(zip(self.sources, snaps)))
