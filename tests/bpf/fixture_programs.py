@@ -42,3 +42,12 @@ def build(source, name, compiler):
     return exe
 
 
+
+
+def running(source, compiler):
+    """A generator for a pytest fixture: the fixture program built and running."""
+    exe = build(source, "mysqld", compiler)
+    f = Fixture(exe)
+    yield f
+    f.stop()
+    shutil.rmtree(exe.parent)

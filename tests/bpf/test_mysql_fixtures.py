@@ -2,32 +2,22 @@
 programs: MySQL's USDT query probes, and the MySQL 5.7/8.x dispatch_command
 ABI. Real root and BPF; the fixtures are the only stand-ins."""
 
-import shutil
-
 import pytest
 
-from fixture_programs import Fixture, build
+from fixture_programs import running
 from helpers import Run, run_cli
 
 pytestmark = pytest.mark.bpf
 
 
-def _running(source, compiler):
-    exe = build(source, "mysqld", compiler)
-    f = Fixture(exe)
-    yield f
-    f.stop()
-    shutil.rmtree(exe.parent)
-
-
 @pytest.fixture
 def mysql_usdt():
-    yield from _running("mysql_usdt.c", "gcc")
+    yield from running("mysql_usdt.c", "gcc")
 
 
 @pytest.fixture
 def mysql57():
-    yield from _running("mysql57_abi.cc", "g++")
+    yield from running("mysql57_abi.cc", "g++")
 
 
 def test_usdt_path_with_context_and_status(mysql_usdt):

@@ -3,11 +3,10 @@ attaches: engine x probe method x mode x text size (and the PID filter), so
 a change that breaks a rarely used variant fails here. The size of each
 loaded program is printed (pytest -s) to watch the verifier's budget."""
 
-import shutil
 
 import pytest
 
-from fixture_programs import Fixture, build
+from fixture_programs import running
 from helpers import require_root
 
 pytestmark = pytest.mark.bpf
@@ -17,20 +16,12 @@ MODES = ["stream", "hist", "digest", "top", "serve", "floor"]
 
 @pytest.fixture(scope="module")
 def mysql_usdt():
-    exe = build("mysql_usdt.c", "mysqld", "gcc")
-    f = Fixture(exe)
-    yield f
-    f.stop()
-    shutil.rmtree(exe.parent)
+    yield from running("mysql_usdt.c", "gcc")
 
 
 @pytest.fixture(scope="module")
 def mysql57():
-    exe = build("mysql57_abi.cc", "mysqld", "g++")
-    f = Fixture(exe)
-    yield f
-    f.stop()
-    shutil.rmtree(exe.parent)
+    yield from running("mysql57_abi.cc", "g++")
 
 
 def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None):
