@@ -67,8 +67,9 @@ def top_demo(pg, my):
     banner("dbslower top --once -i 3 (the live view, as one plain-text frame): pgbench and sysbench underneath")
     load = [threading.Thread(target=pg.pgbench, args=("-n", "-c", "2", "-T", "4")),
             threading.Thread(target=my.sysbench, args=("oltp_read_only", "--tables=1", "--table-size=10000",
-                                                       "--time=4", "--threads=1", "run")),
-            threading.Thread(target=pg.psql, args=("SELECT pg_sleep(0.3) /* deliberately slow */",))]
+                                                       "--db-ps-mode=disable", "--time=4", "--threads=1", "run")),
+            # once top is attached, so its slow pane shows it
+            threading.Thread(target=lambda: (time.sleep(2), pg.psql("SELECT pg_sleep(0.3) /* deliberately slow */")))]
     for t in load:
         t.start()
     time.sleep(0.5)
