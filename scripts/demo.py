@@ -63,18 +63,19 @@ def postgres_demo():
 
 
 def top_demo(pg, my):
-    """dbslower top --once: one frame of the live view, both engines, over 3 s."""
-    banner("dbslower top --once -i 3 (the live view, as one plain-text frame): pgbench and sysbench underneath")
-    load = [threading.Thread(target=pg.pgbench, args=("-n", "-c", "2", "-T", "4")),
+    """dbslower top --once: one frame of the live view, both engines, over 5 s."""
+    banner("dbslower top --once -i 5 (the live view, as one plain-text frame): pgbench and sysbench underneath")
+    # Long enough for top to compile, attach and see a whole interval.
+    load = [threading.Thread(target=pg.pgbench, args=("-n", "-c", "2", "-T", "10")),
             threading.Thread(target=my.sysbench, args=("oltp_read_only", "--tables=1", "--table-size=10000",
-                                                       "--db-ps-mode=disable", "--time=4", "--threads=1", "run")),
+                                                       "--db-ps-mode=disable", "--time=10", "--threads=1", "run")),
             # once top is attached, so its slow pane shows it
-            threading.Thread(target=lambda: (time.sleep(2), pg.psql("SELECT pg_sleep(0.3) /* deliberately slow */")))]
+            threading.Thread(target=lambda: (time.sleep(6), pg.psql("SELECT pg_sleep(0.3) /* deliberately slow */")))]
     for t in load:
         t.start()
     time.sleep(0.5)
     env = dict(ENV, COLUMNS="120")
-    subprocess.run([sys.executable, "-m", "dbslower", "top", "--once", "-i", "3", "-m", "100",
+    subprocess.run([sys.executable, "-m", "dbslower", "top", "--once", "-i", "5", "-m", "100",
                     "-p", f"{pg.pid},{my.pid}"], env=env, check=False)
     for t in load:
         t.join()
