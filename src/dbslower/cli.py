@@ -112,6 +112,8 @@ def build_parser(engine=True, add_help=True):
                    help="--digest: rows to show (default 20 in the table, all in JSON; 0: all)")
     p.add_argument("--merge-servers", action="store_true",
                    help="--digest: one row per fingerprint for all servers (default: per server)")
+    p.add_argument("--redact", action="store_true",
+                   help="replace every literal in the reported text with ? (bind values are never read)")
     # bench/ only: attach the same probes with handlers that do nothing
     mode.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -153,6 +155,8 @@ def build_top_parser(add_help=True):
                    help="query text captured per statement: 1024 (default), 2048, 4096 or 8192")
     p.add_argument("--merge-servers", action="store_true",
                    help="one row per fingerprint for all servers of an engine (default: per server)")
+    p.add_argument("--redact", action="store_true",
+                   help="slow pane: replace every literal in the text with ?")
     p.add_argument("--once", action="store_true",
                    help="print one frame as plain text after one interval and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="print the probe plan to stderr first")
@@ -403,6 +407,7 @@ def open_sources(args, stack, mode, engines, context=True):
         ids = {}
         src.register(servers, procs, lambda pid: ids.setdefault(pid, len(ids) + 1))
         src.merge_servers = getattr(args, "merge_servers", False)
+        src.redact = getattr(args, "redact", False)
         sources.append(src)
     return sources
 

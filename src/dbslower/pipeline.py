@@ -23,7 +23,7 @@ from dbslower.decode import (KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, PAGE,
                              RingReader, wait_readable)
 from dbslower.decode import parse_pg_title
 from dbslower.discover import container_id, namespace_pid, pg_database_names, process_cwd, symbol_address
-from dbslower.fingerprint import operation_name
+from dbslower.fingerprint import operation_name, redact
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
 
 # Index in the kernel's `counters` array (bpf/dbslower.h, CTR_*) -> reason.
@@ -97,6 +97,7 @@ class Source:
         self.containers = {}      # server id -> container id
         self._pid_containers = {}
         self.merge_servers = False  # --digest/top: one row per fingerprint for all servers
+        self.redact = False         # --redact: literals replaced by ? before any sink sees the text
         self._db_reread = {}      # server id -> when its pg_database may be read again
         self._seeded = set()      # pids in the kernel's procs map
         self._examined = set()    # backends whose database OID was read
@@ -224,9 +225,13 @@ class Source:
         with_database = self.decoder.with_database
         only = self._only_server()
 
+        redacting = self.redact
+
         def handle(buf, off, length):
             ev = decode(buf, off, length)
             ev.origin = self
+            if redacting and ev.kind in (KIND_QUERY, KIND_SAMPLE) and ev.query:
+                ev.query = redact(self.engine, ev.query)
             if ev.server_id or single:
                 ev.server = server_name(ev.server_id)
             if ev.db_id:

@@ -109,3 +109,19 @@ def test_names_with_spaces(pg):
     got = {e["query"]: (e["user"], e["db"]) for e in run.events() if "spaces" in e["query"]}
     assert got["SELECT 'spaces'"] == ("ann lee", "sales db")
     assert got["SELECT 'spaces, late'"] == ("ann lee", "sales db")
+
+
+def test_redact_in_every_mode(pg):
+    """--redact: no literal reaches the table, JSON or a digest's sample."""
+    secret = "SELECT 'hunter2', 42 /* secret comment */"
+    with Run(["postgres", "-m", "0", "-j", "--redact", "-p", pg.pid]) as stream, \
+            Run(["postgres", "-m", "0", "--redact", "-p", pg.pid]) as table, \
+            Run(["postgres", "--digest", "-j", "--redact", "-p", pg.pid]) as digest:
+        pg.psql(secret)
+    for run in (stream, table, digest):
+        assert "hunter2" not in run.stdout and "secret comment" not in run.stdout
+    assert any(e["query"] == "select ?, ?" for e in stream.events())
+    assert any(r["sample"] == "select ?, ?" for r in digest.events()[-1]["rows"])
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as plain:
+        pg.psql(secret)
+    assert "hunter2" in plain.stdout  # without --redact the text is as the server saw it
