@@ -322,6 +322,10 @@ class Decoder:
         self.servers = ServerNames(engine) if context else None
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
+    def server_of(self, pid):
+        """The server of a process, read from /proc (when the kernel did not say)."""
+        return self.servers.get(pid) if self.servers is not None else None
+
     def with_database(self, ev, db):
         if self.titles is None:
             return ev.context
@@ -368,7 +372,7 @@ class Decoder:
         if kind >= KIND_EXIT:  # a note about a process, not a statement
             ev.server, ev.context = None, NO_CONTEXT
             return ev
-        ev.server = self.servers.get(pid) if self.servers is not None else None
+        ev.server = None  # set by the pipeline: from the kernel's server id, else server_of()
         if self.titles is not None:
             ev.context = self.titles.get(pid, start_ns, app_ptr)
         elif db[0] or user[0] or host[0]:

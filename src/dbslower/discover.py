@@ -285,6 +285,12 @@ def start_time(pid, proc="/proc"):
     return int(stat[stat.rfind(b")") + 2:].split()[19])
 
 
+def binary_engine(path):
+    """The engine a server binary is for, by its name; None if unknown."""
+    name = os.path.basename(os.path.realpath(path))
+    return "postgres" if name in PG_NAMES else "mysql" if name in MY_NAMES else None
+
+
 def engine_of(proc):
     """The engine a process runs, or None."""
     return next((e for e in ENGINES if _is_engine_process(e, proc)), None)
@@ -312,8 +318,7 @@ def find_servers_by_engine(engines, pids=None, binary=None, procs=None):
             out.setdefault(engine, []).append(pid)
         return {e: find_servers(e, pids=ps, procs=procs) for e, ps in out.items()}
     if binary:
-        name = os.path.basename(os.path.realpath(binary))
-        engine = "postgres" if name in PG_NAMES else "mysql" if name in MY_NAMES else None
+        engine = binary_engine(binary)
         if engine is None:
             raise UsageError(f"{binary}: cannot tell which engine this binary is for",
                              "name the engine: dbslower top postgres -x PATH")

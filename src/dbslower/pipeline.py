@@ -222,7 +222,7 @@ class Source:
         server_name = self.server_name
         single = len(self.servers) == 1
         forget, note_app = self.decoder.forget, self.decoder.note_app
-        with_database = self.decoder.with_database
+        with_database, server_of = self.decoder.with_database, self.decoder.server_of
         only = self._only_server()
 
         redacting = self.redact
@@ -232,8 +232,7 @@ class Source:
             ev.origin = self
             if redacting and ev.kind in (KIND_QUERY, KIND_SAMPLE) and ev.query:
                 ev.query = redact(self.engine, ev.query)
-            if ev.server_id or single:
-                ev.server = server_name(ev.server_id)
+            ev.server = server_name(ev.server_id) if ev.server_id or single else server_of(ev.pid)
             if ev.db_id:
                 # The kernel read the database's OID: its name comes from the
                 # cluster's pg_database, so it is right even for a backend that

@@ -10,12 +10,11 @@ with it (server numbers, PostgreSQL database ids, the PID filter).
 """
 
 import ipaddress
-import os
 import time
 import tomllib
 from dataclasses import dataclass, field, fields
 
-from dbslower.discover import ENGINES, engine_of, file_key, find_servers, list_processes, process_cwd
+from dbslower.discover import ENGINES, binary_engine, engine_of, file_key, find_servers, list_processes, process_cwd
 from dbslower.errors import DbslowerError, NoServer, UsageError
 from dbslower.load import load_plan
 from dbslower.pipeline import Source
@@ -154,8 +153,10 @@ class Fleet:
             return out
         for engine in ENGINES:
             try:
-                found = find_servers(engine, binary=s.exe or None, procs=procs) if s.exe and \
-                    _exe_engine(s.exe) == engine else ([] if s.exe else find_servers(engine, procs=procs))
+                if s.exe:
+                    found = find_servers(engine, binary=s.exe, procs=procs) if binary_engine(s.exe) == engine else []
+                else:
+                    found = find_servers(engine, procs=procs)
             except NoServer:
                 found = []
             if found:
@@ -218,9 +219,3 @@ class Fleet:
         for src in self.sources.values():
             src.close()
         self.sources = {}
-
-
-def _exe_engine(path):
-    from dbslower.discover import MY_NAMES, PG_NAMES
-    name = os.path.basename(os.path.realpath(path))
-    return "postgres" if name in PG_NAMES else "mysql" if name in MY_NAMES else None

@@ -57,13 +57,9 @@ class SlowLog:
         if self.redact:
             d["query"] = redact(ev.engine, ev.query)
         d["db_system_name"] = src.system_name
-        if ev.db_id and not d.get("db"):
-            d["db"] = src.db_names.get((ev.server_id, ev.db_id))
         d["fingerprint_id"] = fingerprint_id(fp) if fp else None
         d["query_summary"] = fp
         d["trace_id"], d["span_id"] = tc if tc else (None, None)
-        server = src.servers.get(ev.server_id)
-        d["server"] = server.describe() if server else None
         d["container_id"], d["pid_in_container"] = src.container_of(ev.pid)
         if ev.truncated:
             self._count("text_truncated")
