@@ -167,6 +167,12 @@ def test_prometheus_counts_exact_and_p99_matches_server_log(pg, maria):
         try:
             out = pg.pgbench("-n", "-S", "-c", "2", "-j", "2", "-t", n_pg // 2)
             assert f"number of transactions actually processed: {n_pg}/{n_pg}" in out
+            # A tail of 0-4 ms statements, so that p99 is compared where a few
+            # microseconds between the server's clock and the probe's do not count.
+            sleeps = Path(tempfile.mkdtemp(prefix="dbslower-sleeps-")) / "sleeps.sql"
+            sleeps.write_text("SELECT pg_sleep(random() * 0.004);\n")
+            pg.pgbench("-n", "-f", sleeps, "-c", "2", "-t", "250")
+            shutil.rmtree(sleeps.parent)
             maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "--db-ps-mode=disable",
                            f"--events={n_my}", "--threads=2", "run")
             logged = parse_pg_log(log.read_text(errors="replace")[start:])
