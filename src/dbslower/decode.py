@@ -15,13 +15,15 @@ import re
 import struct
 import time
 
+from dbslower.abi import (EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, KIND_APP, KIND_EXIT, KIND_QUERY,  # noqa: F401
+                          KIND_SAMPLE, format_error_code)
 from dbslower.discover import load_base
 from dbslower.quirks import COM_NAMES
 
 # (name, struct format) in declaration order; the text follows.
 HEADER_FIELDS = (
     ("start_ns", "Q"), ("duration_ns", "Q"), ("conn_id", "Q"), ("fp", "Q"), ("app_ptr", "Q"),
-    ("pid", "I"), ("tid", "I"), ("text_len", "I"), ("db_id", "I"), ("server_id", "I"),
+    ("pid", "I"), ("tid", "I"), ("text_len", "I"), ("db_id", "I"), ("server_id", "I"), ("error_code", "I"),
     ("command", "H"),
     ("flags", "B"), ("kind", "B"),
     ("db", "64s"), ("user", "32s"), ("host", "64s"),
@@ -29,13 +31,11 @@ HEADER_FIELDS = (
 HEADER = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS))
 TEXT_OFFSET = HEADER.size
 
-EV_TRUNCATED, EV_FAILED, EV_NO_TEXT = 1, 2, 4
 TEXT_MISSING = "[text unavailable: prepared before tracing]"
 # Per-backend caches (titles, servers, JSON tails) hold the connections alive
 # at once, not every connection ever seen: emptied above this many, so
 # connection churn cannot grow the tracer's memory.
 PER_PROCESS_CACHE = 4096
-KIND_QUERY, KIND_SAMPLE, KIND_EXIT, KIND_APP = 1, 2, 3, 4
 
 PAGE = mmap.PAGESIZE
 _BUSY = 1 << 31
@@ -101,7 +101,8 @@ class Event:
     (MySQL USDT)."""
 
     __slots__ = ("engine", "start_ns", "duration_ns", "conn_id", "fp", "pid", "tid",
-                 "command", "flags", "kind", "query", "context", "db_id", "server_id", "origin", "server", "app_ptr")
+                 "command", "flags", "kind", "query", "context", "db_id", "server_id", "origin", "server", "app_ptr",
+                 "error_code")
 
     @property
     def truncated(self):
@@ -343,8 +344,8 @@ class Decoder:
             self.servers.forget(pid)
 
     def decode(self, buf, off, length):
-        (start_ns, duration_ns, conn_id, fp, app_ptr, pid, tid, text_len, db_id, server_id, command, flags, kind,
-         db, user, host) = HEADER.unpack_from(buf, off)
+        (start_ns, duration_ns, conn_id, fp, app_ptr, pid, tid, text_len, db_id, server_id, error_code, command,
+         flags, kind, db, user, host) = HEADER.unpack_from(buf, off)
         text_len = min(text_len, length - TEXT_OFFSET)
         raw = buf[off + TEXT_OFFSET:off + TEXT_OFFSET + text_len]
         ev = Event()
@@ -361,6 +362,7 @@ class Decoder:
         ev.command = command
         ev.flags = flags
         ev.kind = kind
+        ev.error_code = format_error_code(self.engine, error_code) if flags & EV_FAILED else None
         if flags & EV_TRUNCATED:
             raw = _whole_characters(raw)
         query = raw.decode("utf-8", "replace")

@@ -7,10 +7,9 @@ midpoint is within about 3% of any value in it. Values under 1024 ns share
 16 buckets 64 ns wide.
 """
 
-SUB_BITS = 4
+from dbslower.abi import HIST_MIN_SHIFT as MIN_SHIFT, HIST_OCTAVES as OCTAVES, HIST_SUB_BITS as SUB_BITS
+
 SUB = 1 << SUB_BITS
-MIN_SHIFT = 10
-OCTAVES = 28
 BUCKETS = OCTAVES * SUB
 
 

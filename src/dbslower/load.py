@@ -10,6 +10,7 @@ import os
 import platform
 from pathlib import Path
 
+from dbslower import abi
 from dbslower.discover import file_key, list_processes
 from dbslower.errors import AttachFailed, NoBPF, NoHeaders, NotRoot, PreflightFailed
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, make_plan
@@ -139,6 +140,14 @@ def load_plan(engine, servers, **plan_args):
         return plan, Tracer(plan).open()
 
 
+def program_text(flags, sources):
+    head = abi.c_header() + "".join(f"#define {k} {v}\n" for k, v in sorted(flags.items()))
+    parts = [head]
+    for name in sources:
+        parts.append(f'#line 1 "{name}"\n' + (BPF_DIR / name).read_text())
+    return "".join(parts)
+
+
 class LoadedTarget:
     def __init__(self, target, bpf, text):
         self.target = target
@@ -180,9 +189,11 @@ class Tracer:
         self._capacity = None
 
     def program_text(self, target):
-        flags = self.plan.cflags(target)
-        head = "".join(f"#define {k} {v}\n" for k, v in sorted(flags.items()))
-        return head + (BPF_DIR / target.source).read_text()
+        """The one C text compiled for a target (and printed by -v): the
+        shared constants, the plan's configuration, then the target's
+        fragments, each behind a #line marker so that compiler messages
+        name the fragment and its line."""
+        return program_text(self.plan.cflags(target), target.sources)
 
     def open(self):
         try:
@@ -201,8 +212,8 @@ class Tracer:
         return self
 
     def _load(self, bcc, target):
-        flags = self.plan.cflags(target)
-        cflags = [f"-I{BPF_DIR}"] + [f"-D{k}={v}" for k, v in sorted(flags.items())]
+        cflags = [f"-I{BPF_DIR}"]
+        text = self.program_text(target)
         usdt = []
         key = file_key(target.binary.path)
         if key:
@@ -221,7 +232,7 @@ class Tracer:
         if not headers_ok():
             raise NoHeaders(f"kernel headers for {platform.release()} are missing")
         try:
-            b = bcc.BPF(src_file=str(BPF_DIR / target.source).encode(), cflags=cflags,
+            b = bcc.BPF(text=text.encode(), cflags=cflags,
                         usdt_contexts=usdt, attach_usdt_ignore_pid=True)
         except Exception as e:
             raise AttachFailed(f"cannot load the BPF program for {target.binary.path}: {e}",
@@ -243,7 +254,7 @@ class Tracer:
         except Exception as e:
             b.cleanup()
             raise AttachFailed(f"cannot attach to {p.site} in {target.binary.path}: {e}") from e
-        return LoadedTarget(target, b, self.program_text(target))
+        return LoadedTarget(target, b, text)
 
     def _seed_pids(self):
         if not self.plan.filter_pids:

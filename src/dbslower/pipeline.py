@@ -19,6 +19,7 @@ import os
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
+from dbslower.abi import CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT
 from dbslower.decode import (KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder,
                              RingReader, wait_readable)
 from dbslower.decode import parse_pg_title
@@ -27,8 +28,8 @@ from dbslower.fingerprint import operation_name, redact
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
 
 # Index in the kernel's `counters` array (bpf/dbslower.h, CTR_*) -> reason.
-LOSS_REASONS = {0: "ring buffer full", 1: "aggregation map full", 4: "in-flight table full"}
-CTR_NO_TEXT, CTR_EXITED = 2, 3  # bpf/dbslower.h
+LOSS_REASONS = {CTR_LOST_EVENTS: "ring buffer full", CTR_MAP_FULL: "aggregation map full",
+                CTR_INFLIGHT_FULL: "in-flight table full"}
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
 # leaving room for a burst of new shapes before the next look.

@@ -5,7 +5,7 @@ the -D flags for the BPF program. Second stage; imports only discovery.
 import os
 from dataclasses import dataclass, field
 
-from dbslower import quirks
+from dbslower import abi, quirks
 from dbslower.discover import Binary, file_key, inspect_binary
 from dbslower.elf import ElfFile
 from dbslower.errors import NoProbes, UsageError
@@ -15,7 +15,8 @@ ET_DYN = 3  # ELF type of a position-independent executable
 # the statements over an adjustable threshold (SLOW_EVENTS).
 # Statements carry their server and (PostgreSQL) database (SERVER_IDS), and
 # digests are kept per both; serve also streams the statements over its threshold.
-MODES = {"stream": 0, "hist": 1, "digest": 2, "floor": 3, "top": 2, "serve": 2}
+MODES = {"stream": abi.MODE_STREAM, "hist": abi.MODE_HIST, "digest": abi.MODE_DIGEST, "floor": abi.MODE_FLOOR,
+         "top": abi.MODE_DIGEST, "serve": abi.MODE_DIGEST}
 DIGEST_MODES = ("digest", "top", "serve")
 TEXT_BYTES_CHOICES = (1024, 2048, 4096, 8192)
 TRACE_SELF, TRACE_INHERIT = 1, 2
@@ -35,7 +36,7 @@ class Target:
     reason: str
     probes: list
     cflags: dict
-    source: str            # BPF C file name
+    sources: list          # BPF C fragments (bpf/*.bpf.c), joined in this order
     usdt_pid: int = 0      # a process to read USDT semaphores from
     pids: list = field(default_factory=list)   # running server processes
     notes: list = field(default_factory=list)  # what this build cannot give
@@ -65,7 +66,9 @@ class Plan:
             "FILTER_PIDS": 1 if self.filter_pids else 0,
             "DQUOTE_IS_STRING": 1 if self.engine == "mysql" else 0,
             "RINGBUF_PAGES": self.ringbuf_pages,
-            "ENGINE": 1 if self.engine == "postgres" else 2,
+            # each CPU wakes the reader after writing this much (bpf/common.bpf.c, send_record)
+            "RINGBUF_WAKE_BYTES": self.ringbuf_pages * os.sysconf("SC_PAGE_SIZE") // 4 // (os.cpu_count() or 1),
+            "ENGINE": abi.ENGINES[self.engine],
         }
         flags.update(target.cflags)
         return flags
@@ -83,15 +86,8 @@ def _pg_target(binary, elf, run_pid, hits):
         if missing:
             raise NoProbes(f"{binary.path} has neither PostgreSQL's USDT probes nor the exported "
                            f"functions {', '.join(missing)}", "is this a PostgreSQL 12+ server binary?")
-        if not binary.version:
-            raise NoProbes(f"cannot tell the PostgreSQL version of {binary.path}",
-                           "trace the running server with -p so its PG_VERSION can be read")
-        try:
-            running = quirks.pg_state_running(binary.version[0])
-        except KeyError:
-            raise NoProbes(f"PostgreSQL {binary.version[0]} is not supported (12 or newer)") from None
         probes = [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_UPROBES.items()]
-        cflags = {"USE_USDT": 0, "PG_STATE_RUNNING": running}
+        cflags = {"USE_USDT": 0, "PG_STATE_RUNNING": _pg_versioned(binary, quirks.pg_state_running)}
         method = "uprobe"
         if missing_usdt:
             reason = "no USDT probes in this build; exported pgstat_report_activity and PortalRun"
@@ -99,8 +95,9 @@ def _pg_target(binary, elf, run_pid, hits):
             reason = "USDT probes need a running server to enable; exported functions instead"
     notes = []
     hits.append("simple Query 4 (state report, PortalRun, check_log_duration, idle report); "
-                "extended Parse/Bind/Execute/Sync 8 (3 state reports, 3 check_log_duration, PortalRun, "
-                "idle report); +1 for a failed statement (AbortCurrentTransaction)")
+                "extended Bind/Execute/Sync 6 (2 state reports, 2 check_log_duration, PortalRun, idle report), "
+                "+3 with a Parse (state report, check_log_duration, SaveCachedPlan); "
+                "+1 for a failed statement (AbortCurrentTransaction), +2 with its code (errstart_cold, errcode)")
     sym, fn = quirks.PG_END_UPROBE
     if sym in syms:
         probes.append(Probe("uprobe", sym, fn))
@@ -111,43 +108,68 @@ def _pg_target(binary, elf, run_pid, hits):
         probes.append(Probe("uprobe", sym, fn))
     else:
         notes.append(f"{sym} is not exported: failed statements are not flagged")
-    return method, reason, probes, cflags, notes
+    if all(s in syms for s in quirks.PG_ERROR_CODE_UPROBES):
+        probes += [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_ERROR_CODE_UPROBES.items()]
+    else:
+        notes.append("errstart_cold/errcode not exported: failed statements have no error code")
+    sym, fn = quirks.PG_PLAN_SAVED_UPROBE
+    cflags["PG_PARSE_SLOTS"] = 0
+    if sym in syms and binary.version:
+        try:
+            cflags["PG_PLANSOURCE_QUERY_STRING"] = quirks.pg_plansource_query_string(binary.version[0])
+            cflags["PG_PARSE_SLOTS"] = 1
+            probes.append(Probe("uprobe", sym, fn))
+        except KeyError:
+            pass
+    if not cflags["PG_PARSE_SLOTS"]:
+        notes.append("a Parse's time goes to the next statement executed, not to the statement it parsed "
+                     f"({sym} not exported, or the version unknown)")
+    return method, reason, probes, cflags, notes, ["common.bpf.c", "postgres.bpf.c"]
+
+
+def _pg_versioned(binary, table):
+    if not binary.version:
+        raise NoProbes(f"cannot tell the PostgreSQL version of {binary.path}",
+                       "trace the running server with -p so its PG_VERSION can be read")
+    try:
+        return table(binary.version[0])
+    except KeyError:
+        raise NoProbes(f"PostgreSQL {binary.version[0]} is not supported (12 or newer)") from None
 
 
 def _mysql_target(binary, elf, run_pid, hits):
     usdt = {p.name for p in elf.usdt_probes() if p.provider == "mysql"}
     syms = elf.symbols()
     cflags = {f"COM_{k[4:]}": v for k, v in quirks.COM.items()}
-    cflags.update({"ME_NOTE": quirks.ME_NOTE, "ME_WARNING": quirks.ME_WARNING,
-                   "DC_TEXT_PACKET": quirks.DC_TEXT_PACKET, "DC_TEXT_COM_DATA": quirks.DC_TEXT_COM_DATA})
+    cflags.update({"DC_TEXT_PACKET": quirks.DC_TEXT_PACKET, "DC_TEXT_COM_DATA": quirks.DC_TEXT_COM_DATA})
     notes = []
     if all(n in usdt for n in quirks.MY_USDT_PROBES) and run_pid:
         probes = [Probe("usdt", n, fn) for n, fn in quirks.MY_USDT_PROBES.items()]
-        cflags["USE_USDT"] = 1
-        notes.append("USDT query probes: prepared statements (COM_STMT_EXECUTE) are not covered")
+        notes.append("USDT query probes: prepared statements (COM_STMT_EXECUTE) are not covered, "
+                     "and failed statements have no error code")
         hits.append("COM_QUERY 2 (query__start, query__done)")
-        return "usdt", "binary has USDT probes query__start and query__done", probes, cflags, notes
+        return ("usdt", "binary has USDT probes query__start and query__done", probes, cflags, notes,
+                ["common.bpf.c", "mysql.bpf.c", "mysql_usdt.bpf.c"])
     sig = next((s for s in quirks.DISPATCH_SIGNATURES if s.symbol in syms), None)
     if sig is None:
         raise NoProbes(f"{binary.path} has neither MySQL USDT probes nor a known dispatch_command",
                        "is this a mysqld or mariadbd binary? dbslower knows "
                        + ", ".join(s.name for s in quirks.DISPATCH_SIGNATURES))
-    cflags.update({"USE_USDT": 0, "DC_CMD_ARG": sig.cmd_arg, "DC_THD_ARG": sig.thd_arg,
+    cflags.update({"DC_CMD_ARG": sig.cmd_arg, "DC_THD_ARG": sig.thd_arg,
                    "DC_TEXT_MODE": sig.text_mode, "DC_PACKET_ARG": sig.packet_arg,
                    "DC_LEN_ARG": sig.len_arg, "DC_COMDATA_ARG": sig.com_data_arg,
                    "PS_ENTRIES": 16384})
-    probes = [Probe("uprobe", sig.symbol, "my_dispatch_entry"),
-              Probe("uretprobe", sig.symbol, "my_dispatch_return")]
-    if quirks.MY_PARSE_SYMBOL in syms:
-        probes.append(Probe("uprobe", quirks.MY_PARSE_SYMBOL, "my_parse"))
-        cflags["SPLIT_MULTI"] = 1
-    else:
-        cflags["SPLIT_MULTI"] = 0
-        notes.append("no mysql_parse: a multi-statement COM_QUERY is one event")
+    probes = [Probe("uprobe", sig.symbol, "my_dispatch_entry")]
     if quirks.MY_STMT_END in syms:
         probes.append(Probe("uprobe", quirks.MY_STMT_END, "my_stmt_end"))
+        cflags["END_AT_STMT"] = 1
+        ends = "Protocol::end_statement"
     else:
-        notes.append("no Protocol::end_statement: a statement ends when dispatch_command returns")
+        probes.append(Probe("uretprobe", sig.symbol, "my_dispatch_return"))
+        cflags["END_AT_STMT"] = 0
+        ends = "dispatch_command's return"
+        notes.append("no Protocol::end_statement: a statement ends when dispatch_command returns, "
+                     "and a multi-statement COM_QUERY is one event")
     ps = [quirks.MY_PS_PREPARE, quirks.MY_PS_EXECUTE, quirks.MY_PS_DESTROY]
     if all(s in syms for s in ps):
         probes += [Probe("uprobe", quirks.MY_PS_PREPARE, "my_ps_prepare"),
@@ -155,21 +177,40 @@ def _mysql_target(binary, elf, run_pid, hits):
                    Probe("uprobe", quirks.MY_PS_DESTROY, "my_ps_destroy")]
     else:
         notes.append("Prepared_statement methods not exported: prepared statements have no text")
-    if quirks.MY_ERROR_SINK in syms:
+
+    def code(name, n):
+        sym = syms.get(name)
+        return elf.read_at_vaddr(sym.value, n) if sym else b""
+
+    status = quirks.thd_status_offsets(code(quirks.MY_STATUS_ACCESSOR, 48))
+    cflags["THD_DA_OFFSET"] = -1
+    cflags["ERROR_SINK"] = 0
+    if status:
+        (cflags["THD_DA_OFFSET"], cflags["DA_STATUS_OFFSET"], cflags["DA_ERROR_STATUS"],
+         cflags["DA_ERRNO_OFFSET"]) = status
+    elif quirks.MY_ERROR_SINK in syms:
         probes.append(Probe("uprobe", quirks.MY_ERROR_SINK, "my_error"))
+        cflags["ERROR_SINK"] = 1
+        cflags["NOT_ERROR_FLAGS"] = quirks.NOT_ERROR_FLAGS.get(binary.flavor, 0)
+        notes.append("no thd_current_status: failures are taken from my_message_sql")
     else:
-        notes.append("my_message_sql not exported: failed statements are not flagged")
-    off = -1
-    acc = syms.get(quirks.MY_THREAD_ID_ACCESSOR)
-    if acc:
-        off = quirks.thd_thread_id_offset(elf.read_at_vaddr(acc.value, 8))
+        notes.append("neither thd_current_status nor my_message_sql: failed statements are not flagged")
+    cflags["THD_QUERY_OFFSET"] = quirks.thd_member_address_offset(code(quirks.MY_QUERY_ACCESSOR, 8))
+    if cflags["THD_QUERY_OFFSET"] < 0:
+        notes.append("no thd_query_string: the text is the whole COM_QUERY packet")
+    cflags["THD_DB_OFFSET"] = quirks.thd_member_address_offset(code(quirks.MY_DB_ACCESSOR, 8))
+    if cflags["THD_DB_OFFSET"] < 0:
+        notes.append("no thd_current_db: the database is unknown")
+    off = quirks.thd_thread_id_offset(code(quirks.MY_THREAD_ID_ACCESSOR, 8))
     if off < 0:
         notes.append("connection id unknown on this build")
     cflags["THD_CONN_ID_OFFSET"] = off
-    hits.append("COM_QUERY 4 (dispatch_command entry and return, mysql_parse, Protocol::end_statement), "
-                "COM_STMT_EXECUTE 4 (with Prepared_statement::execute instead of mysql_parse); "
-                "+1 per further statement of a multi-statement query, +1 per error (my_message_sql)")
-    return "uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes
+    hits.append(f"COM_QUERY 2 (dispatch_command, {ends}{', as a return probe' if not cflags['END_AT_STMT'] else ''}), "
+                "COM_STMT_EXECUTE 3 (with Prepared_statement::execute); "
+                "+1 per further statement of a multi-statement query"
+                + (", +1 per error (my_message_sql)" if cflags["ERROR_SINK"] else ""))
+    return ("uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes,
+            ["common.bpf.c", "mysql.bpf.c", "mysql_uprobe.bpf.c"])
 
 
 def plan_target(engine, path, servers, no_usdt=None):
@@ -181,7 +222,7 @@ def plan_target(engine, path, servers, no_usdt=None):
     with ElfFile(path) as elf:
         build = _pg_target if engine == "postgres" else _mysql_target
         hits = []
-        method, reason, probes, cflags, notes = build(binary, elf, run_pid, hits)
+        method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits)
         if no_usdt:
             reason = f"{no_usdt}; {reason}"
         ref_ctrs = _semaphores(elf, {p.site for p in probes if p.kind == "usdt"})
@@ -190,7 +231,7 @@ def plan_target(engine, path, servers, no_usdt=None):
         app_name_symbol = (app.value, elf.e_type == ET_DYN) if app else ()
         db_id_symbol = (dbid.value, elf.e_type == ET_DYN) if dbid else ()
     return Target(binary, method, reason, probes, cflags,
-                  source="dbslower.c",
+                  sources=sources,
                   usdt_pid=run_pid if method == "usdt" else 0,
                   pids=[s.pid for s in servers], notes=notes, ref_ctrs=ref_ctrs,
                   app_name_symbol=app_name_symbol, db_id_symbol=db_id_symbol, hits="; ".join(hits))

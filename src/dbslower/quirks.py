@@ -57,6 +57,38 @@ PG_END_UPROBE = ("check_log_duration", "pg_msg_end")
 # Called by PostgresMain's error recovery (src/backend/tcop/postgres.c)
 # before the backend reports idle; used on both methods to flag failures.
 PG_ERROR_UPROBE = ("AbortCurrentTransaction", "pg_abort")
+# The error's SQLSTATE: ereport(ERROR, ...) with a constant level calls
+# errstart_cold() (src/include/utils/elog.h, PG 13+), then errcode(sqlerrcode)
+# for the code (src/backend/utils/error/elog.c). Both run only when a report
+# is made, never on a statement that succeeds quietly.
+PG_ERROR_CODE_UPROBES = {
+    "errstart_cold": "pg_errstart",
+    "errcode": "pg_errcode",
+}
+# A Parse message saves its statement with SaveCachedPlan(plansource): for a
+# named statement through StorePreparedStatement(), for the unnamed one
+# directly (src/backend/tcop/postgres.c exec_parse_message,
+# src/backend/commands/prepare.c). A later Bind reports
+# plansource->query_string as its text (exec_bind_message), which is how a
+# Parse's time finds the statement it parsed.
+PG_PLAN_SAVED_UPROBE = ("SaveCachedPlan", "pg_plan_saved")
+# Offset of `const char *query_string` in struct CachedPlanSource
+# (src/include/utils/plancache.h), on 64-bit builds:
+#   PG 12-17: int magic; struct RawStmt *raw_parse_tree; const char *query_string
+#   PG 18:    `Query *analyzed_parse_tree` added after raw_parse_tree (SQL
+#             functions use the plan cache since 18)
+PG_PLANSOURCE_QUERY_STRING = [
+    # (first major, last major, offset)
+    (12, 17, 16),
+    (18, 99, 24),
+]
+
+
+def pg_plansource_query_string(major):
+    for first, last, value in PG_PLANSOURCE_QUERY_STRING:
+        if first <= major <= last:
+            return value
+    raise KeyError(major)
 
 
 # --- MySQL / MariaDB ---------------------------------------------------------
@@ -109,7 +141,6 @@ DISPATCH_SIGNATURES = [
 
 # Further MariaDB/MySQL entry points, by mangled name. Missing ones are
 # skipped and the plan says what is lost.
-MY_PARSE_SYMBOL = "_Z11mysql_parseP3THDPcjP12Parser_state"  # MariaDB sql/sql_parse.cc
 MY_PS_PREPARE = "_ZN18Prepared_statement7prepareEPKcj"       # sql/sql_prepare.cc
 MY_PS_EXECUTE = "_ZN18Prepared_statement7executeEP6Stringb"
 MY_PS_DESTROY = "_ZN18Prepared_statementD2Ev"
@@ -123,16 +154,81 @@ MY_ERROR_SINK = "my_message_sql"                             # sql/mysqld.cc
 MY_STMT_END = "_ZN8Protocol13end_statementEv"
 MY_THREAD_ID_ACCESSOR = "thd_get_thread_id"                  # sql/sql_class.cc
 
-# my_message_sql() MyFlags bits that mean "not an error"
-# (include/my_sys.h: ME_NOTE 1024, ME_WARNING 2048, in MariaDB 10.2+).
-ME_NOTE = 1024
-ME_WARNING = 2048
+# Where the statement's status comes from. The right signal is its
+# diagnostics area's final state, the one Protocol::end_statement() sends as
+# OK or ERR: a `DROP TABLE IF EXISTS` of a missing table leaves a note, a
+# CALL whose procedure handles its own error ends OK, and in strict mode a
+# warning is raised to an error without my_message_sql() (MariaDB
+# sql/sql_class.cc THD::raise_condition). MariaDB exports
+# `int thd_current_status(THD *)`: the diagnostics area's sql_errno when its
+# status is DA_ERROR, else 0 (sql/sql_class.cc); its machine code gives the
+# offsets of THD::m_stmt_da, Diagnostics_area::m_status, the DA_ERROR value
+# and Diagnostics_area::m_sql_errno (thd_status_offsets below).
+MY_STATUS_ACCESSOR = "thd_current_status"
+# `LEX_STRING *thd_query_string(THD *)` returns &thd->query_string, the
+# statement as the server runs and logs it (cut at its end inside a
+# multi-statement packet, leading blanks dropped: sql/sql_parse.cc
+# alloc_query, mysql_parse); `LEX_CSTRING *thd_current_db(THD *)` returns
+# &thd->db. Both compile to `lea disp(%rdi),%rax; ret` (sql/sql_class.cc).
+MY_QUERY_ACCESSOR = "thd_query_string"
+MY_DB_ACCESSOR = "thd_current_db"
+# Without thd_current_status, failures come from my_message_sql(), the
+# server's error sink, minus the MyFlags bits that mean "not an error" there:
+NOT_ERROR_FLAGS = {
+    # flavor -> bits
+    "mariadb": 1024 | 2048,  # include/my_sys.h: ME_NOTE, ME_WARNING (10.2+;
+                             # ME_JUST_INFO, ME_JUST_WARNING before, same values)
+    "mysql": 0,              # include/my_sys.h: 1024 is ME_FATALERROR; notes and
+                             # warnings never reach my_message_sql()
+}
 
 # MySQL USDT probes (MySQL 5.x sql/probes_mysql.d; MariaDB with ENABLE_DTRACE)
 MY_USDT_PROBES = {
     "query__start": "my_query_start",  # (query, connection_id, db, user, host)
     "query__done": "my_query_done",    # (status)
 }
+
+
+def _disp(code, i, short):
+    """A signed displacement at code[i:]: one byte, or four."""
+    n = 1 if short else 4
+    return int.from_bytes(code[i:i + n], "little", signed=True), i + n
+
+
+def thd_member_address_offset(code):
+    """The offset from `lea disp(%rdi),%rax; ret` (48 8d 87 disp32 c3, or
+    48 8d 47 disp8 c3): an accessor returning the address of a THD member.
+    -1 when the code has another shape."""
+    if code and code[:2] == b"\x48\x8d" and code[2:3] in (b"\x87", b"\x47"):
+        off, end = _disp(code, 3, code[2] == 0x47)
+        if code[end:end + 1] == b"\xc3":
+            return off
+    return -1
+
+
+def thd_status_offsets(code):
+    """(THD::m_stmt_da, Diagnostics_area::m_status, DA_ERROR,
+    Diagnostics_area::m_sql_errno) from thd_current_status's x86_64 code:
+    `mov disp(%rdi),%rax` first, then `cmpl $imm8,disp(%rax)` and
+    `mov disp(%rax),%edx`. None when the code has another shape."""
+    if not code or code[:2] != b"\x48\x8b" or code[2] not in (0x87, 0x47):
+        return None
+    da, i = _disp(code, 3, code[2] == 0x47)
+    status = errno = None
+    while i < len(code) - 2:
+        op = code[i:i + 2]
+        if op in (b"\x83\xb8", b"\x83\x78") and status is None:
+            off, j = _disp(code, i + 2, op[1] == 0x78)
+            status = (off, code[j])
+            i = j + 1
+        elif op in (b"\x8b\x50", b"\x8b\x90") and status is not None:
+            errno, _ = _disp(code, i + 2, op[1] == 0x50)
+            break
+        else:
+            i += 1
+    if status is None or errno is None:
+        return None
+    return da, status[0], status[1], errno
 
 
 def thd_thread_id_offset(code):

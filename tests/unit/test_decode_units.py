@@ -10,7 +10,7 @@ def test_pg_titles():
 
 def record(text, **kw):
     values = dict(start_ns=5, duration_ns=7, conn_id=42, fp=0, app_ptr=0, pid=1, tid=2, text_len=len(text), db_id=0, server_id=0,
-                  command=3, flags=0, kind=1, db=b"shop", user=b"alice", host=b"localhost")
+                  error_code=0, command=3, flags=0, kind=1, db=b"shop", user=b"alice", host=b"localhost")
     values.update(kw)
     head = HEADER.pack(*(values[name] for name, _ in decode.HEADER_FIELDS))
     return head + text
@@ -52,3 +52,18 @@ def test_pg_title_split_around_a_known_database_name():
         ("ann lee", "sales db", "10.0.0.5(53412)")
     assert split_pg_title("postgres: 15/main: bob shop [local] idle", "shop") == ("bob", "shop", "[local]")
     assert split_pg_title("postgres: checkpointer", "shop") is None
+
+
+def test_error_codes_decode_as_the_servers_name_them():
+    from dbslower.abi import EV_FAILED, ERROR_CODE_UNKNOWN, pg_packed_sqlstate
+    # MAKE_SQLSTATE('4','2','P','0','1') as src/include/utils/elog.h packs it
+    packed = (4 | 2 << 6 | (ord("P") - 48) << 12 | 0 << 18 | 1 << 24)
+    assert pg_packed_sqlstate("42P01") == packed
+    buf = record(b"SELECT * FROM nope", flags=EV_FAILED, error_code=packed)
+    assert Decoder("postgres", context=False).decode(buf, 0, len(buf)).error_code == "42P01"
+    buf = record(b"INSERT", flags=EV_FAILED, error_code=1406)
+    assert Decoder("mysql", context=False).decode(buf, 0, len(buf)).error_code == "1406"
+    buf = record(b"INSERT", flags=EV_FAILED, error_code=ERROR_CODE_UNKNOWN)
+    assert Decoder("mysql", context=False).decode(buf, 0, len(buf)).error_code is None
+    buf = record(b"INSERT", flags=0, error_code=1406)
+    assert Decoder("mysql", context=False).decode(buf, 0, len(buf)).error_code is None

@@ -2,7 +2,11 @@
  * dbslower: declarations shared by the BPF programs and checked against the
  * Python decoder (tests/unit/test_layout.py compiles this header with gcc).
  *
- * Configuration comes from -D cflags set by dbslower/load.py:
+ * The constants both sides need (ENGINE_*, MODE_*, EV_*, KIND_*, CTR_*,
+ * HIST_* and ERROR_CODE_UNKNOWN) are defined once, in dbslower/abi.py, and
+ * come first in the program text load.py builds.
+ *
+ * Configuration comes from #defines set by dbslower/plan.py:
  *   TEXT_BYTES     query bytes captured per statement (default 1024)
  *   THRESHOLD_NS   report statements at least this slow
  *   FILTER_PIDS    1: only processes listed in traced_pids (and their forks)
@@ -23,25 +27,6 @@
 #define CTX_USER_BYTES 32
 #define CTX_HOST_BYTES 64
 
-#define ENGINE_POSTGRES 1
-#define ENGINE_MYSQL 2
-
-#define MODE_STREAM 0
-#define MODE_HIST 1
-#define MODE_DIGEST 2
-#define MODE_FLOOR 3 /* bench/: probes attached, handlers return at once */
-
-/* query_event.flags */
-#define EV_TRUNCATED 1
-#define EV_FAILED 2
-#define EV_NO_TEXT 4 /* the statement's text was not available */
-
-/* query_event.kind */
-#define KIND_QUERY 1  /* one finished statement */
-#define KIND_SAMPLE 2 /* digest mode: first text seen for a kernel fingerprint */
-#define KIND_EXIT 3   /* a server process exited: its PID may be reused (header only) */
-#define KIND_APP 4    /* PostgreSQL: a backend's application_name (text) at pointer app_ptr */
-
 /* Wire format of one ring buffer record: the header, then text_len bytes. */
 struct query_event {
 	u64 start_ns;    /* bpf_ktime_get_ns() at the statement's start */
@@ -55,6 +40,8 @@ struct query_event {
 	u32 text_len;    /* bytes of text that follow the header */
 	u32 db_id;       /* PostgreSQL database OID (SERVER_IDS); 0 when unknown */
 	u32 server_id;   /* server, numbered by user space (SERVER_IDS); 0 when unknown */
+	u32 error_code;  /* failed statements: PostgreSQL's packed SQLSTATE or the MySQL
+	                  * error number; ERROR_CODE_UNKNOWN when not seen; 0 otherwise */
 	u16 command;     /* MySQL COM_* code; 0 for PostgreSQL */
 	u8 flags;        /* EV_* */
 	u8 kind;         /* KIND_* */
@@ -65,11 +52,10 @@ struct query_event {
 };
 
 /* Log-linear latency buckets: HIST_SUB_BITS linear steps per power of two,
- * so a bucket spans at most 1/2^HIST_SUB_BITS of its lower bound. */
-#define HIST_SUB_BITS 4
+ * so a bucket spans at most 1/2^HIST_SUB_BITS of its lower bound. Values
+ * below 2^HIST_MIN_SHIFT ns share the lowest buckets; HIST_OCTAVES reach
+ * ~2^38 ns = 275 s, slower lands in the last. */
 #define HIST_SUB (1 << HIST_SUB_BITS)
-#define HIST_MIN_SHIFT 10 /* values below 1024 ns share the lowest buckets */
-#define HIST_OCTAVES 28   /* up to ~2^38 ns = 275 s; slower lands in the last */
 #define HIST_BUCKETS (HIST_OCTAVES * HIST_SUB)
 
 /* Digests are kept per (fingerprint, database): the metrics endpoint labels
@@ -85,7 +71,8 @@ struct hist_key {
 	u32 db_id;
 	u32 server_id;
 	u32 bucket;
-	u32 failed; /* 1: the statement failed (so metrics can label error_type) */
+	u32 failed; /* 0: ok; else the error code (query_event.error_code), so
+	             * digests count errors by code and metrics label error_type */
 };
 
 /* SERVER_IDS: what the BPF program knows of a server process. */
@@ -103,13 +90,5 @@ struct digest_stats {
 	u64 failed;
 	u64 failed_ns; /* total_ns of the failed statements */
 };
-
-/* Counters in the per-CPU `counters` array. */
-#define CTR_LOST_EVENTS 0   /* ring buffer full */
-#define CTR_MAP_FULL 1      /* an aggregation map had no room */
-#define CTR_NO_TEXT 2       /* prepared statement text not found */
-#define CTR_EXITED 3        /* a statement's process or thread exited before it finished */
-#define CTR_INFLIGHT_FULL 4 /* no room to follow a statement (inflight table full) */
-#define CTR_COUNT 5
 
 #endif

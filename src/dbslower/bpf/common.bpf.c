@@ -1,0 +1,473 @@
+/*
+ * The part of dbslower's BPF program every engine shares: the ring buffer,
+ * counters, process filters, and what happens to a finished statement in
+ * each MODE (stream it, count it in a histogram, or fingerprint it into a
+ * digest).
+ *
+ * load.py joins this file, the engine's fragments (postgres.bpf.c,
+ * mysql.bpf.c with mysql_uprobe.bpf.c or mysql_usdt.bpf.c) into one program
+ * text with #line markers: bcc rewrites map calls such as
+ * `events.ringbuf_output(...)` only in its main source file, so the
+ * fragments cannot be #included. Pure helpers live in buckets.h and
+ * fingerprint.h.
+ *
+ * Never dereferences kernel structures: only pt_regs and user memory.
+ * Configuration: #defines from dbslower/abi.py and dbslower/plan.py,
+ * documented in dbslower.h.
+ */
+#include <uapi/linux/ptrace.h>
+#include "dbslower.h"
+#include "buckets.h"
+
+#ifndef THRESHOLD_NS
+#define THRESHOLD_NS 1000000ULL
+#endif
+#ifndef MODE
+#define MODE MODE_STREAM
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 2048
+#endif
+#ifndef RINGBUF_WAKE_BYTES
+#define RINGBUF_WAKE_BYTES (RINGBUF_PAGES * 4096 / 8)
+#endif
+/* Statements in flight: one entry per server thread or backend running one.
+ * Entries go when their thread exits (sched_process_exit below), so this
+ * bounds concurrent connections, not connections over time; 8192 is above
+ * any max_connections seen in practice. A statement that finds no room is
+ * counted (CTR_INFLIGHT_FULL), never dropped silently. */
+#ifndef INFLIGHT_ENTRIES
+#define INFLIGHT_ENTRIES 8192
+#endif
+#ifndef SERVER_IDS
+#define SERVER_IDS 0
+#endif
+#ifndef SLOW_EVENTS
+#define SLOW_EVENTS 0
+#endif
+#ifndef DIGEST_ENTRIES
+#define DIGEST_ENTRIES 16384
+#endif
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(counters, u64, CTR_COUNT);
+
+static __always_inline void count(int which)
+{
+	u64 *c = counters.lookup(&which);
+	if (c)
+		(*c)++;
+}
+
+/*
+ * Records are written without waking the reader. A wake-up from inside a
+ * probe lets the reader preempt the traced server on its CPU, and when that
+ * falls between our end probe and the server's own end timestamp, the
+ * reader's run time counts in the server's duration but not in ours: the
+ * first statement of a new connection (the reader then reads /proc for the
+ * new backend) came out short by 0.3-2.9 ms. The reader polls every 100 ms
+ * (pipeline.py); a CPU forces a wake-up once it has written
+ * RINGBUF_WAKE_BYTES since its last one (a quarter of the buffer over the
+ * CPUs), so a burst cannot fill the buffer before the reader looks.
+ * (bcc 0.26 has no ringbuf_query() to ask the buffer's fill instead.)
+ */
+BPF_PERCPU_ARRAY(unwoken_bytes, u64, 1);
+
+/* Sends the first bytes of a record; counts it when the buffer is full. */
+static __always_inline void send_record(void *rec, u32 bytes)
+{
+	u32 zero = 0;
+	u64 flags = BPF_RB_NO_WAKEUP;
+	u64 *pending = unwoken_bytes.lookup(&zero);
+	if (pending) {
+		*pending += bytes;
+		if (*pending >= RINGBUF_WAKE_BYTES) {
+			*pending = 0;
+			flags = BPF_RB_FORCE_WAKEUP;
+		}
+	}
+	if (events.ringbuf_output(rec, bytes, flags) < 0)
+		count(CTR_LOST_EVENTS);
+}
+
+/* A length the verifier can see is at most TEXT_BYTES. The empty asm hides
+ * the clamped value from the compiler, so it cannot pass the unclamped
+ * register to the helper, and it must keep the mask the verifier reads. */
+static __always_inline u32 bounded_len(u64 len)
+{
+	if (len > TEXT_BYTES)
+		len = TEXT_BYTES;
+	asm volatile("" : "+r"(len));
+	return len & (TEXT_BYTES * 2 - 1);
+}
+
+/* Copies a NUL-terminated string of user memory into ev->text, marking it
+ * truncated only when there really was more (one byte past the buffer). */
+static __always_inline void copy_cstr(struct query_event *ev, const char *text)
+{
+	int n = bpf_probe_read_user_str(ev->text, TEXT_BYTES + 1, text);
+	if (n <= 0) {
+		ev->text_len = 0;
+		ev->flags |= EV_NO_TEXT;
+		return;
+	}
+	ev->text_len = n - 1;
+	if (n == TEXT_BYTES + 1) {
+		char more = 0;
+		bpf_probe_read_user(&more, 1, text + TEXT_BYTES);
+		if (more)
+			ev->flags |= EV_TRUNCATED;
+	}
+}
+
+/* Copies len bytes of statement text (not NUL-terminated) into ev. */
+static __always_inline void copy_counted(struct query_event *ev, const char *text, u64 len)
+{
+	if (len > TEXT_BYTES)
+		ev->flags |= EV_TRUNCATED;
+	u32 n = bounded_len(len);
+	if (bpf_probe_read_user(ev->text, n, text) < 0) {
+		ev->flags |= EV_NO_TEXT;
+		n = 0;
+	}
+	ev->text_len = n;
+}
+
+/* The benchmark's floor: the same probe sites, handlers that do nothing. */
+#if MODE == MODE_FLOOR
+#define FLOOR_RETURN() return 0
+#else
+#define FLOOR_RETURN() do {} while (0)
+#endif
+
+#if FILTER_PIDS
+/* tgid -> TRACE_SELF or TRACE_INHERIT. Seeded from user space; children of
+ * TRACE_INHERIT processes (PostgreSQL backends forked by the postmaster) are
+ * added as they fork, so connections opened later are traced too. Sized for
+ * every process of the traced servers: a connection is a process in
+ * PostgreSQL, and 65536 is above any max_connections seen in practice. */
+#define TRACE_SELF 1
+#define TRACE_INHERIT 2
+BPF_HASH(traced_pids, u32, u8, 65536);
+
+static __always_inline int pid_traced(u32 tgid)
+{
+	return traced_pids.lookup(&tgid) != 0;
+}
+#else
+static __always_inline int pid_traced(u32 tgid)
+{
+	return 1;
+}
+#endif
+
+#if SERVER_IDS
+/* serve: tgid -> the server it belongs to (numbered by user space) and, in
+ * PostgreSQL, where MyDatabaseId (an exported Oid) is in that process.
+ * Backends are forked from the postmaster without exec, so they share its
+ * addresses; user space seeds each postmaster (or mysqld) and the backends
+ * that already run, and fork copies the entry to new ones. Same size as
+ * traced_pids. */
+BPF_HASH(procs, u32, struct proc_info, 65536);
+/* KIND_EXIT and KIND_APP notes are built here: too big for the BPF stack. */
+BPF_PERCPU_ARRAY(note_scratch, struct query_event, 1);
+
+/* A note to user space about process tgid; text: a string of at most 64
+ * bytes (application_name's maximum, NAMEDATALEN), or none. */
+static __always_inline void send_note(u8 kind, u32 tgid, u32 tid, u64 app_ptr, const char *text)
+{
+	u32 zero = 0;
+	struct query_event *note = note_scratch.lookup(&zero);
+	if (!note)
+		return;
+	note->kind = kind;
+	note->pid = tgid;
+	note->tid = tid;
+	note->app_ptr = app_ptr;
+	note->text_len = 0;
+	if (text) {
+		int n = bpf_probe_read_user_str(note->text, 64, text);
+		note->text_len = n > 0 ? n - 1 : 0;
+	}
+	send_record(note, offsetof(struct query_event, text) + 64);
+}
+#endif
+
+#if FILTER_PIDS || SERVER_IDS
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u32 parent = args->parent_pid;
+	u32 child = args->child_pid;
+#if FILTER_PIDS
+	u8 *mode = traced_pids.lookup(&parent);
+	if (mode && *mode == TRACE_INHERIT) {
+		u8 self = TRACE_SELF;
+		traced_pids.update(&child, &self);
+	}
+#endif
+#if SERVER_IDS
+	struct proc_info *pp = procs.lookup(&parent);
+	if (pp) {
+		struct proc_info copy = *pp;
+		procs.update(&child, &copy);
+	}
+#endif
+	return 0;
+}
+#endif
+
+#if MODE == MODE_HIST
+BPF_PERCPU_ARRAY(hist, u64, HIST_BUCKETS);
+/* [0]: failed statements, [1]: the slowest statement's ns */
+BPF_PERCPU_ARRAY(hist_extra, u64, 2);
+#endif
+
+#if MODE == MODE_DIGEST
+BPF_HASH(digests, struct digest_key, struct digest_stats, DIGEST_ENTRIES);
+/* 16384 statement shapes at once; user space folds cold ones away above 75%
+ * (pipeline.py, Source.evict_cold). 8 buckets per shape on average (errors
+ * by code add keys, but failing shapes are few). */
+BPF_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
+/* While `digests` is full (a burst of new shapes faster than user space
+ * folds), statements are counted here without their fingerprint (fp 0),
+ * per database and server: 1024 such pairs, and their buckets. */
+BPF_HASH(digest_overflow, struct digest_key, struct digest_stats, 1024);
+BPF_HASH(overflow_hist, struct hist_key, u64, 16384);
+#include "fingerprint.h"
+
+/* A finished statement waiting for its fingerprint. Hashing runs in
+ * fp_chunk, tail-called FP_CHUNK bytes at a time from the end of the probe
+ * handler that finished the statement. */
+struct fp_work {
+	u32 pending;
+	u32 pos;
+	u32 state;
+	char prev;
+	char last_out;
+	u16 pad;
+	u64 hash;
+	struct query_event ev;
+};
+BPF_PERCPU_ARRAY(fp_work, struct fp_work, 1);
+BPF_PROG_ARRAY(fp_chain, 1);
+#if SLOW_EVENTS
+/* top: statements at least slow_ns[0] - 1 ns long are also streamed, with
+ * their fingerprint; 0 means not set yet. A map, not a #define, so the
+ * threshold can change while the program runs. */
+BPF_ARRAY(slow_ns, u64, 1);
+#endif
+#endif
+
+/*
+ * A statement has finished. ev holds its header and text; the caller has set
+ * duration_ns, flags and error_code. Streams it, or aggregates it, per MODE.
+ */
+static __always_inline void finish_statement(struct query_event *ev)
+{
+	if (ev->duration_ns < THRESHOLD_NS)
+		return;
+	if (!(ev->flags & EV_FAILED))
+		ev->error_code = 0;
+	else if (!ev->error_code)
+		ev->error_code = ERROR_CODE_UNKNOWN;
+#if MODE == MODE_STREAM
+	u32 len = bounded_len(ev->text_len);
+	ev->kind = KIND_QUERY;
+	send_record(ev, offsetof(struct query_event, text) + len);
+#elif MODE == MODE_HIST
+	u32 b = hist_bucket(ev->duration_ns);
+	u64 *c = hist.lookup(&b);
+	if (c)
+		(*c)++;
+	u32 slot = 0;
+	u64 *x = hist_extra.lookup(&slot);
+	if (x && (ev->flags & EV_FAILED))
+		(*x)++;
+	slot = 1;
+	x = hist_extra.lookup(&slot);
+	if (x && ev->duration_ns > *x)
+		*x = ev->duration_ns;
+#elif MODE == MODE_DIGEST
+	u32 zero = 0;
+	struct fp_work *w = fp_work.lookup(&zero);
+	if (!w)
+		return;
+	if (w->pending)
+		count(CTR_LOST_EVENTS); /* another handler on this CPU left one unfinished */
+	bpf_probe_read_kernel(&w->ev, offsetof(struct query_event, text) + bounded_len(ev->text_len), ev);
+	w->pending = 1;
+	w->pos = 0;
+	w->state = FP_PLAIN;
+	w->prev = 0;
+	w->last_out = 0;
+	w->hash = FNV_OFFSET;
+#endif
+}
+
+#if MODE == MODE_DIGEST
+/* Adds one to a statement's bucket, in digest_hist or, while the digest
+ * table is full, overflow_hist. (bcc allows no map calls in a macro.) */
+static __always_inline void count_bucket(struct hist_key *hk, int overflow)
+{
+	u64 one = 1;
+	u64 *c = overflow ? overflow_hist.lookup(hk) : digest_hist.lookup(hk);
+	if (c) {
+		__sync_fetch_and_add(c, 1);
+		return;
+	}
+	/* insert fails with -EEXIST when another CPU won the race */
+	int err = overflow ? overflow_hist.insert(hk, &one) : digest_hist.insert(hk, &one);
+	if (err == 0)
+		return;
+	c = overflow ? overflow_hist.lookup(hk) : digest_hist.lookup(hk);
+	if (c)
+		__sync_fetch_and_add(c, 1);
+	else
+		count(CTR_MAP_FULL);
+}
+
+static __always_inline void digest_update(struct query_event *ev, u64 fp)
+{
+	u32 failed = (ev->flags & EV_FAILED) ? 1 : 0;
+	struct digest_key dk = {.fp = fp, .db_id = ev->db_id, .server_id = ev->server_id};
+	struct hist_key hk = {.fp = fp, .db_id = ev->db_id, .server_id = ev->server_id,
+			      .bucket = hist_bucket(ev->duration_ns), .failed = failed ? ev->error_code : 0};
+	int overflow = 0;
+	struct digest_stats *st = digests.lookup(&dk);
+	if (!st) {
+		struct digest_stats zero = {};
+		/* insert fails with -EEXIST when another CPU won the race */
+		int first = digests.insert(&dk, &zero) == 0;
+		st = digests.lookup(&dk);
+		if (!st) {
+			/* Full: counted without its fingerprint until user space
+			 * makes room. */
+			dk.fp = 0;
+			hk.fp = 0;
+			st = digest_overflow.lookup(&dk);
+			if (!st) {
+				digest_overflow.insert(&dk, &zero);
+				st = digest_overflow.lookup(&dk);
+			}
+			if (!st) {
+				count(CTR_MAP_FULL);
+				return;
+			}
+			overflow = 1;
+		} else if (first) {
+			/* The first statement of a fingerprint carries its text. */
+			ev->kind = KIND_SAMPLE;
+			ev->fp = fp;
+			send_record(ev, offsetof(struct query_event, text) + bounded_len(ev->text_len));
+		}
+	}
+	__sync_fetch_and_add(&st->calls, 1);
+	__sync_fetch_and_add(&st->total_ns, ev->duration_ns);
+	if (ev->duration_ns > st->max_ns)
+		st->max_ns = ev->duration_ns;
+	if (failed) {
+		__sync_fetch_and_add(&st->failed, 1);
+		__sync_fetch_and_add(&st->failed_ns, ev->duration_ns);
+	}
+#if SLOW_EVENTS
+	u32 slot = 0;
+	u64 *slow = slow_ns.lookup(&slot);
+	if (slow && *slow && ev->duration_ns + 1 >= *slow) {
+		ev->kind = KIND_QUERY;
+		ev->fp = fp;
+		send_record(ev, offsetof(struct query_event, text) + bounded_len(ev->text_len));
+	}
+#endif
+	count_bucket(&hk, overflow);
+}
+
+/* Hashes the next FP_CHUNK bytes of the pending statement, then tail-calls
+ * itself for the rest, or records the statement under its fingerprint. */
+int fp_chunk(struct pt_regs *ctx)
+{
+	u32 zero = 0;
+	struct fp_work *w = fp_work.lookup(&zero);
+	if (!w || !w->pending)
+		return 0;
+	u32 len = bounded_len(w->ev.text_len);
+	if (len > FP_MAX_BYTES)
+		len = FP_MAX_BYTES;
+	/* The state machine's state round-trips through map memory, whose
+	 * contents the verifier does not track: kept in registers, each
+	 * constant state would be a separate verifier state per iteration,
+	 * and the loop would exhaust the verifier's budget. */
+	volatile u32 *vstate = &w->state;
+	volatile char *vlast = &w->last_out;
+	char prev = w->prev;
+	u64 hash = w->hash;
+	u32 pos = w->pos;
+	for (u32 i = 0; i < FP_CHUNK; i++) {
+		u32 p = pos + i;
+		if (p >= len)
+			break;
+		char c = w->ev.text[p & (TEXT_BYTES - 1)];
+		char last_out = *vlast;
+		*vstate = fp_byte(*vstate, c, prev, &hash, &last_out);
+		*vlast = last_out;
+		prev = c;
+	}
+	pos += FP_CHUNK;
+	w->prev = prev;
+	w->hash = hash;
+	w->pos = pos;
+	if (pos < len)
+		fp_chain.call(ctx, 0); /* does not return unless it fails */
+	w->pending = 0;
+	digest_update(&w->ev, hash | 1); /* never 0, which means "no fingerprint" */
+	return 0;
+}
+
+/* Every probe handler that can finish a statement ends with this: the
+ * statement is hashed by the tail-called fp_chunk, after the handler's own
+ * map updates are done. */
+static __always_inline void digest_tail(struct pt_regs *ctx)
+{
+	u32 zero = 0;
+	struct fp_work *w = fp_work.lookup(&zero);
+	if (w && w->pending)
+		fp_chain.call(ctx, 0);
+}
+#else
+static __always_inline void digest_tail(struct pt_regs *ctx)
+{
+}
+#endif
+
+/* Defined by the engine's fragment: forgets thread tid's statement state;
+ * returns 1 when a statement was open (it never finished). */
+static __always_inline int engine_thread_exit(u32 tid);
+
+/*
+ * Per-thread and per-process state goes with its thread or process, so a
+ * reused PID starts clean: a statement left open by a killed or terminated
+ * backend would otherwise be closed by the next process given that PID, as
+ * a phantom statement with another process's text. Such a statement never
+ * finished, so it is not reported; it is counted (CTR_EXITED).
+ */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	if (engine_thread_exit(tid))
+		count(CTR_EXITED);
+	/* Only the group leader's exit ends the process. */
+	if (tid != tgid)
+		return 0;
+#if FILTER_PIDS
+	traced_pids.delete(&tgid);
+#endif
+#if SERVER_IDS
+	if (procs.lookup(&tgid)) {
+		procs.delete(&tgid);
+		/* User space caches what it read of this process (title, server):
+		 * tell it the PID is free, so a process reusing it is read afresh. */
+		send_note(KIND_EXIT, tgid, tid, 0, 0);
+	}
+#endif
+	return 0;
+}

@@ -1,0 +1,53 @@
+/*
+ * MySQL and MariaDB, either method: the per-thread statement state. One
+ * event per statement run through COM_QUERY (each statement of a
+ * multi-statement query on its own, where the server ends each), 
+ * COM_STMT_EXECUTE or COM_STMT_BULK_EXECUTE. The state machines are in
+ * mysql_uprobe.bpf.c and mysql_usdt.bpf.c.
+ */
+
+struct my_inflight {
+	u64 thd;        /* the THD running the statement (uprobes) */
+	u64 ps;         /* Prepared_statement* being executed */
+	u8 after_end;   /* COM_QUERY: a statement ended; another may follow */
+	u8 pad[7];
+	struct query_event ev;
+};
+
+BPF_HASH(inflight, u32, struct my_inflight, INFLIGHT_ENTRIES);
+BPF_PERCPU_ARRAY(inflight_zero, struct my_inflight, 1);
+
+static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
+{
+	u32 tid = (u32)id, zero = 0;
+	struct my_inflight *init = inflight_zero.lookup(&zero);
+	if (!init)
+		return 0;
+	if (inflight.update(&tid, init) != 0) {
+		count(CTR_INFLIGHT_FULL);
+		return 0;
+	}
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v)
+		return 0;
+	v->ev.start_ns = now;
+	v->ev.pid = id >> 32;
+	v->ev.tid = tid;
+#if SERVER_IDS
+	u32 tgid = id >> 32;
+	struct proc_info *pp = procs.lookup(&tgid);
+	if (pp)
+		v->ev.server_id = pp->server_id;
+#endif
+	return v;
+}
+
+static __always_inline int engine_thread_exit(u32 tid)
+{
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v)
+		return 0;
+	int open = !v->after_end;
+	inflight.delete(&tid);
+	return open;
+}

@@ -1,0 +1,261 @@
+/*
+ * MySQL and MariaDB without USDT probes (Debian's MariaDB, MySQL 8): uprobes
+ * on exported functions.
+ *
+ * dispatch_command() entry starts each command; its signature differs by
+ * server, and the argument positions come from the table in
+ * dbslower/quirks.py as DC_* defines. A statement ends at
+ * Protocol::end_statement() (END_AT_STMT), which dispatch_command calls
+ * right after THD::update_server_status() has taken the slow log's end time,
+ * once per statement, each statement of a multi-statement COM_QUERY
+ * included (MariaDB sql/sql_parse.cc): the next statement of the packet
+ * starts there too, and whatever is left open when the next command starts
+ * was not a statement. No return probe. Builds without it end at
+ * dispatch_command's return.
+ *
+ * Read at the end, from the THD (offsets taken from the server's own
+ * exported accessors, see quirks.py), and only for statements that will be
+ * reported:
+ *  - the text, thd->query_string: the statement as the server logs it,
+ *    cut at its end inside a multi-statement packet (THD_QUERY_OFFSET);
+ *    without it, the COM_QUERY packet is copied at dispatch_command;
+ *  - the current database, thd->db (THD_DB_OFFSET);
+ * and for every statement, its status: the diagnostics area's final state,
+ * the one Protocol::end_statement() sends as OK or ERR (THD_DA_OFFSET).
+ * Without it, my_message_sql() calls mark failures (ERROR_SINK), minus the
+ * flags that mean a note or warning in this server (NOT_ERROR_FLAGS).
+ *
+ * Prepared statements: Prepared_statement::prepare(this, text, len) saves
+ * the text by (process, this) until ~Prepared_statement; execute(this, ...)
+ * links the running command to it, and starts it (after the server's
+ * THD::set_time()).
+ */
+
+#define ARG(ctx, n) ((n) == 1 ? PT_REGS_PARM1(ctx) : (n) == 2 ? PT_REGS_PARM2(ctx) : \
+		     (n) == 3 ? PT_REGS_PARM3(ctx) : (n) == 4 ? PT_REGS_PARM4(ctx) : \
+		     (n) == 5 ? PT_REGS_PARM5(ctx) : PT_REGS_PARM6(ctx))
+
+struct ps_key {
+	u64 ps;
+	u32 tgid;
+	u32 pad;
+};
+
+struct ps_text {
+	u32 len;
+	u8 truncated;
+	u8 pad[3];
+	char text[TEXT_BYTES + 1];
+};
+
+/* One entry per prepared statement alive in the traced servers; deleted by
+ * ~Prepared_statement. PS_ENTRIES is MariaDB's max_prepared_stmt_count
+ * default (16382), rounded up. A full table is counted (CTR_MAP_FULL). */
+BPF_HASH(ps_texts, struct ps_key, struct ps_text, PS_ENTRIES);
+BPF_PERCPU_ARRAY(ps_zero, struct ps_text, 1);
+
+static __always_inline int traced_command(u32 cmd)
+{
+	return cmd == COM_QUERY || cmd == COM_STMT_EXECUTE || cmd == COM_STMT_BULK_EXECUTE;
+}
+
+int my_dispatch_entry(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	u64 now = bpf_ktime_get_ns();
+	u64 id = bpf_get_current_pid_tgid();
+	if (!pid_traced(id >> 32))
+		return 0;
+	u32 cmd = (u32)ARG(ctx, DC_CMD_ARG);
+	if (!traced_command(cmd)) {
+		u32 tid = (u32)id;
+		inflight.delete(&tid);
+		return 0;
+	}
+	struct my_inflight *v = start_inflight(now, id);
+	if (!v)
+		return 0;
+	v->ev.command = cmd;
+	v->thd = ARG(ctx, DC_THD_ARG);
+#if THD_CONN_ID_OFFSET >= 0
+	bpf_probe_read_user(&v->ev.conn_id, sizeof(u64), (void *)(v->thd + THD_CONN_ID_OFFSET));
+#endif
+#if THD_QUERY_OFFSET < 0
+	if (cmd != COM_QUERY)
+		return 0;
+#if DC_TEXT_MODE == DC_TEXT_PACKET
+	const char *packet = (const char *)ARG(ctx, DC_PACKET_ARG);
+	u64 len = (u32)ARG(ctx, DC_LEN_ARG);
+#else
+	/* COM_DATA: union whose com_query member starts {const char *query; unsigned length;} */
+	const char *com_data = (const char *)ARG(ctx, DC_COMDATA_ARG);
+	const char *packet = 0;
+	u32 len = 0;
+	bpf_probe_read_user(&packet, sizeof(packet), com_data);
+	bpf_probe_read_user(&len, sizeof(len), com_data + 8);
+#endif
+	copy_counted(&v->ev, packet, len);
+#endif
+	return 0;
+}
+
+/* The statement's end: its status, and for one to report, its text. */
+static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
+{
+	u32 tgid = v->ev.pid;
+	v->ev.duration_ns = now - v->ev.start_ns;
+#if THD_DA_OFFSET >= 0
+	u64 da = 0;
+	u32 status = 0;
+	bpf_probe_read_user(&da, sizeof(da), (void *)(v->thd + THD_DA_OFFSET));
+	if (da)
+		bpf_probe_read_user(&status, sizeof(status), (void *)(da + DA_STATUS_OFFSET));
+	if (da && status == DA_ERROR_STATUS) {
+		v->ev.flags |= EV_FAILED;
+		bpf_probe_read_user(&v->ev.error_code, sizeof(u32), (void *)(da + DA_ERRNO_OFFSET));
+	}
+#endif
+	if (v->ev.duration_ns < THRESHOLD_NS || MODE == MODE_HIST)
+		return;
+	if (v->ev.command == COM_QUERY) {
+#if THD_QUERY_OFFSET >= 0
+		u64 q[2] = {};
+		bpf_probe_read_user(q, sizeof(q), (void *)(v->thd + THD_QUERY_OFFSET));
+		copy_counted(&v->ev, (const char *)q[0], q[1]);
+#endif
+	} else {
+		struct ps_key k = {.ps = v->ps, .tgid = tgid};
+		struct ps_text *t = v->ps ? ps_texts.lookup(&k) : 0;
+		if (t) {
+			u32 n = bounded_len(t->len);
+			bpf_probe_read_kernel(v->ev.text, n, t->text);
+			v->ev.text_len = n;
+			if (t->truncated)
+				v->ev.flags |= EV_TRUNCATED;
+		} else {
+			v->ev.flags |= EV_NO_TEXT;
+			count(CTR_NO_TEXT);
+		}
+	}
+#if THD_DB_OFFSET >= 0
+	u64 db = 0;
+	bpf_probe_read_user(&db, sizeof(db), (void *)(v->thd + THD_DB_OFFSET));
+	if (db)
+		bpf_probe_read_user_str(v->ev.db, sizeof(v->ev.db), (void *)db);
+	else
+		v->ev.db[0] = 0;
+#endif
+}
+
+#if END_AT_STMT
+/* Protocol::end_statement(): the server has just taken a statement's end
+ * time and is about to send its OK or ERR packet. */
+int my_stmt_end(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	u64 now = bpf_ktime_get_ns();
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v)
+		return 0;
+	end_my_statement(v, now);
+	finish_statement(&v->ev);
+	if (v->ev.command == COM_QUERY) {
+		/* Another statement of the same packet may follow: it starts now. */
+		v->after_end = 1;
+		v->ev.start_ns = now;
+		v->ev.flags = 0;
+		v->ev.error_code = 0;
+		v->ev.text_len = 0;
+	} else {
+		inflight.delete(&tid);
+	}
+	digest_tail(ctx);
+	return 0;
+}
+#else
+int my_dispatch_return(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	u64 now = bpf_ktime_get_ns();
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (!v)
+		return 0;
+	end_my_statement(v, now);
+	finish_statement(&v->ev);
+	inflight.delete(&tid);
+	digest_tail(ctx);
+	return 0;
+}
+#endif
+
+/* Prepared_statement::prepare(const char *packet, uint packet_length) */
+int my_ps_prepare(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!pid_traced(tgid))
+		return 0;
+	struct ps_key k = {.ps = PT_REGS_PARM1(ctx), .tgid = tgid};
+	u32 zero = 0;
+	struct ps_text *init = ps_zero.lookup(&zero);
+	if (!init)
+		return 0;
+	if (ps_texts.update(&k, init) != 0) {
+		count(CTR_MAP_FULL);
+		return 0;
+	}
+	struct ps_text *t = ps_texts.lookup(&k);
+	if (!t)
+		return 0;
+	const char *text = (const char *)PT_REGS_PARM2(ctx);
+	u64 len = (u32)PT_REGS_PARM3(ctx);
+	t->truncated = len > TEXT_BYTES;
+	u32 n = bounded_len(len);
+	if (bpf_probe_read_user(t->text, n, text) < 0)
+		n = 0;
+	t->len = n;
+	return 0;
+}
+
+/* Prepared_statement::execute(String *expanded_query, bool open_cursor) */
+int my_ps_execute(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (v && v->ev.command != COM_QUERY && !v->ps) {
+		v->ps = PT_REGS_PARM1(ctx);
+		v->ev.start_ns = bpf_ktime_get_ns();
+	}
+	return 0;
+}
+
+/* Prepared_statement::~Prepared_statement(): `this` may be reused after it */
+int my_ps_destroy(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	struct ps_key k = {.ps = PT_REGS_PARM1(ctx), .tgid = bpf_get_current_pid_tgid() >> 32};
+	ps_texts.delete(&k);
+	return 0;
+}
+
+#if ERROR_SINK
+/* my_message_sql(uint error, const char *str, myf MyFlags) */
+int my_error(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	u64 flags = PT_REGS_PARM3(ctx);
+	if (flags & NOT_ERROR_FLAGS)
+		return 0;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (v) {
+		v->ev.flags |= EV_FAILED;
+		if (!v->ev.error_code)
+			v->ev.error_code = (u32)PT_REGS_PARM1(ctx);
+	}
+	return 0;
+}
+#endif
