@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from dbslower import hist
+from dbslower.abi import format_error_code
 from dbslower.decode import EV_NO_TEXT, TEXT_MISSING
 from dbslower.fingerprint import OPERATIONS, fingerprint, fingerprint_id
 
@@ -37,21 +38,26 @@ def other_operation(kfp):
 
 
 def by_fingerprint(stats, hists, per_server=True):
-    """Raw digests keyed (fp, db_id, server_id[, failed]) added up per
+    """Raw digests keyed (fp, db_id, server_id[, error code]) added up per
     (fp, server_id), or per (fp, 0) with per_server=False:
-    {key: [calls, total_ns, max_ns, failed]}, {key: {bucket: count}}."""
-    out_stats, out_hists = {}, {}
+    {key: [calls, total_ns, max_ns, failed]}, {key: {bucket: count}} and
+    {key: {error code: failed statements}}."""
+    out_stats, out_hists, out_errors = {}, {}, {}
     for (fp, _db, server), v in stats.items():
         row = out_stats.setdefault((fp, server if per_server else 0), [0, 0, 0, 0])
         row[0] += v[0]
         row[1] += v[1]
         row[2] = max(row[2], v[2])
         row[3] += v[3]
-    for (fp, _db, server, _failed), h in hists.items():
-        out = out_hists.setdefault((fp, server if per_server else 0), {})
+    for (fp, _db, server, code), h in hists.items():
+        key = (fp, server if per_server else 0)
+        out = out_hists.setdefault(key, {})
         for b, n in h.items():
             out[b] = out.get(b, 0) + n
-    return out_stats, out_hists
+        if code:
+            errors = out_errors.setdefault(key, {})
+            errors[code] = errors.get(code, 0) + sum(h.values())
+    return out_stats, out_hists, out_errors
 
 
 def iso(ns):
@@ -104,13 +110,14 @@ class DigestBook:
             self.user_fp[kfp] = fp
         return fp
 
-    def rows(self, stats, hists, prev_stats=None, prev_hists=None, server_name=None):
+    def rows(self, snap, prev=None, server_name=None):
         """Rows for the counts since the previous snapshot (or all), most
-        total time first; keys are (kernel fp, server id), and a row is one
-        fingerprint on one server (server_name(id) names it). Each row keeps
-        its bucket counts under "hist"."""
-        prev_stats = prev_stats or {}
-        prev_hists = prev_hists or {}
+        total time first; snapshots are by_fingerprint()'s (stats, hists,
+        errors), keyed (kernel fp, server id), and a row is one fingerprint
+        on one server (server_name(id) names it). Each row keeps its bucket
+        counts under "hist", and its failures by error code under "errors"."""
+        stats, hists, errors = snap
+        prev_stats, prev_hists, prev_errors = prev or ({}, {}, {})
         server_name = server_name or (lambda sid: None)
         groups = {}
         for skey, (calls, total_ns, max_ns, failed) in stats.items():
@@ -120,7 +127,7 @@ class DigestBook:
             if d_calls <= 0:
                 continue
             key = (sid, self.group(kfp))
-            g = groups.setdefault(key, {"calls": 0, "total_ns": 0, "failed": 0, "hist": {},
+            g = groups.setdefault(key, {"calls": 0, "total_ns": 0, "failed": 0, "hist": {}, "errors": {},
                                         "sample": self.samples.get(kfp), "max_cum": 0, "contexts": []})
             g["calls"] += d_calls
             g["total_ns"] += total_ns - p[1]
@@ -132,6 +139,11 @@ class DigestBook:
             h = hist.diff(hists.get(skey, {}), prev_hists.get(skey, {}))
             for b, n in h.items():
                 g["hist"][b] = g["hist"].get(b, 0) + n
+            was = prev_errors.get(skey, {})
+            for code, n in errors.get(skey, {}).items():
+                if n > was.get(code, 0):
+                    name = format_error_code(self.engine, code) or "unknown"
+                    g["errors"][name] = g["errors"].get(name, 0) + n - was.get(code, 0)
         rows = []
         grand_total = sum(g["total_ns"] for g in groups.values()) or 1
         for (sid, fp), g in groups.items():
@@ -140,7 +152,7 @@ class DigestBook:
             p50, p95, p99 = hist.percentiles(g["hist"], QUANTILES, max_ns)
             rows.append({
                 "fingerprint_id": fingerprint_id(fp), "fingerprint": fp, "calls": g["calls"],
-                "failed": g["failed"], "total_ms": ms(g["total_ns"]),
+                "failed": g["failed"], "errors": g["errors"], "total_ms": ms(g["total_ns"]),
                 "pct": round(100.0 * g["total_ns"] / grand_total, 2),
                 "mean_ms": ms(g["total_ns"] / g["calls"]), "p50_ms": ms(p50), "p95_ms": ms(p95),
                 "p99_ms": ms(p99), "max_ms": ms(max_ns), "sample": g["sample"],
@@ -190,7 +202,7 @@ def hist_report(engine, start_ns, end_ns, lost, snap, prev):
 def digest_report(engine, book, start_ns, end_ns, lost, snap, prev, server_name=None):
     """Report from cumulative digest snapshots ({(fp, server): stats},
     {(fp, server): {bucket: n}})."""
-    rows = book.rows(snap[0], snap[1], *(prev or (None, None)), server_name=server_name)
+    rows = book.rows(snap, prev, server_name=server_name)
     merged, failed, max_ns = {}, 0, 0
     for r in rows:
         for b, n in r["hist"].items():

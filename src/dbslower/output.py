@@ -57,7 +57,7 @@ def event_dict(ev):
     user, db, client, app = ev.context
     return {"ts": _ISO.iso(ev.start_ns), "duration_ms": round(ev.duration_ns / 1e6, 6), "query": ev.query,
             "truncated": bool(ev.flags & EV_TRUNCATED), "text_missing": ev.text_missing,
-            "status": "error" if ev.flags & EV_FAILED else "ok",
+            "status": "error" if ev.flags & EV_FAILED else "ok", "error_code": ev.error_code,
             "engine": ev.engine, "pid": ev.pid, "tid": ev.tid, "command": ev.command_name,
             "conn_id": ev.conn_id, "user": user, "db": db, "client": client, "application_name": app,
             "server": ev.server}
@@ -103,7 +103,8 @@ class JsonWriter:
             f'{{"ts":"{self.ts.iso(ev.start_ns)}","duration_ms":{ev.duration_ns / 1e6:.6f},'
             f'"query":{self._str(ev.query)},"truncated":{"true" if flags & EV_TRUNCATED else "false"},'
             f'"text_missing":{"true" if flags & EV_NO_TEXT and not ev.query else "false"},'
-            f'"status":"{"error" if flags & EV_FAILED else "ok"}",{self._tail_for(ev)}')
+            f'"status":"{"error" if flags & EV_FAILED else "ok"}",'
+            f'"error_code":{"null" if ev.error_code is None else chr(34) + ev.error_code + chr(34)},{self._tail_for(ev)}')
 
 
 class TableWriter:
@@ -134,7 +135,7 @@ class TableWriter:
             head += (f"{'ERROR' if ev.failed else 'ok':<6} {_cell(ev.user, 12)} {_cell(ev.db, 12)} "
                      f"{_cell(ev.client, 21)} ")
         elif ev.failed:
-            q = "[ERROR] " + q
+            q = f"[ERROR {ev.error_code}] " + q if ev.error_code else "[ERROR] " + q
         self.out.write(head + q + "\n")
 
 

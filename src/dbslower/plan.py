@@ -162,13 +162,18 @@ def _mysql_target(binary, elf, run_pid, hits):
     probes = [Probe("uprobe", sig.symbol, "my_dispatch_entry")]
     if quirks.MY_STMT_END in syms:
         probes.append(Probe("uprobe", quirks.MY_STMT_END, "my_stmt_end"))
-        cflags["END_AT_STMT"] = 1
-        ends = "Protocol::end_statement"
+    else:
+        notes.append("no Protocol::end_statement: a statement ends when it is reported")
+    if quirks.MY_SLOW_LOG in syms:
+        probes.append(Probe("uprobe", quirks.MY_SLOW_LOG, "my_slow_log"))
+        cflags["FINISH_AT_SLOW_LOG"] = 1
+        ends = "Protocol::end_statement, log_slow_statement"
     else:
         probes.append(Probe("uretprobe", sig.symbol, "my_dispatch_return"))
-        cflags["END_AT_STMT"] = 0
-        ends = "dispatch_command's return"
-        notes.append("no Protocol::end_statement: a statement ends when dispatch_command returns, "
+        cflags["FINISH_AT_SLOW_LOG"] = 0
+        ends = "Protocol::end_statement, dispatch_command's return" if quirks.MY_STMT_END in syms \
+            else "dispatch_command's return"
+        notes.append("no log_slow_statement: statements are reported when dispatch_command returns, "
                      "and a multi-statement COM_QUERY is one event")
     ps = [quirks.MY_PS_PREPARE, quirks.MY_PS_EXECUTE, quirks.MY_PS_DESTROY]
     if all(s in syms for s in ps):
@@ -205,9 +210,12 @@ def _mysql_target(binary, elf, run_pid, hits):
     if off < 0:
         notes.append("connection id unknown on this build")
     cflags["THD_CONN_ID_OFFSET"] = off
-    hits.append(f"COM_QUERY 2 (dispatch_command, {ends}{', as a return probe' if not cflags['END_AT_STMT'] else ''}), "
-                "COM_STMT_EXECUTE 3 (with Prepared_statement::execute); "
-                "+1 per further statement of a multi-statement query"
+    n = 1 + len(ends.split(", "))
+    hits.append(f"COM_QUERY {n} (dispatch_command, {ends}"
+                f"{'' if cflags['FINISH_AT_SLOW_LOG'] else ' as a return probe'}), "
+                f"COM_STMT_EXECUTE {n + 1} (with Prepared_statement::execute); "
+                f"+{n - 1} per further statement of a multi-statement query, "
+                "+1 per result set of a procedure (Protocol::end_statement)"
                 + (", +1 per error (my_message_sql)" if cflags["ERROR_SINK"] else ""))
     return ("uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes,
             ["common.bpf.c", "mysql.bpf.c", "mysql_uprobe.bpf.c"])

@@ -152,6 +152,10 @@ MY_ERROR_SINK = "my_message_sql"                             # sql/mysqld.cc
 # COM_QUERY (sql/sql_parse.cc, MariaDB 10.x and MySQL 5.x). Ending there keeps
 # the client's wake-up and any slow log write out of the measured time.
 MY_STMT_END = "_ZN8Protocol13end_statementEv"
+# log_slow_statement(THD*) (sql/sql_parse.cc): called once for each statement
+# the slow log can show, right after its end_statement(); dbslower reports
+# the statement there, so it reports what the slow log would.
+MY_SLOW_LOG = "_Z18log_slow_statementP3THD"
 MY_THREAD_ID_ACCESSOR = "thd_get_thread_id"                  # sql/sql_class.cc
 
 # Where the statement's status comes from. The right signal is its

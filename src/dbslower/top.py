@@ -182,7 +182,7 @@ class Frame:
             user, db = ev.context[0] or "-", ev.context[1] or "-"
             head = (f"{time.strftime('%H:%M:%S', time.localtime(ev.start_ns / 1e9))} "
                     f"{ENGINE_SHORT[ev.engine]} {ev.duration_ns / 1e6:10.3f} ms "
-                    f"{'ERROR ' if ev.failed else ''}pid {ev.pid} {escape_control(user)}@{escape_control(db)}")
+                    f"{('ERROR ' + (ev.error_code + ' ' if ev.error_code else '')) if ev.failed else ''}pid {ev.pid} {escape_control(user)}@{escape_control(db)}")
             lines.append(_fit(head, w))
             text = escape_control(ev.query) + (" [...]" if ev.truncated else "")
             for i in range(0, min(len(text), 3 * (w - 4)), w - 4):

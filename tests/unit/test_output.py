@@ -5,8 +5,9 @@ from dbslower.decode import EV_FAILED, EV_TRUNCATED, Event
 from dbslower.output import JsonWriter, TableWriter, escape_control, event_dict
 
 
-def event(query="SELECT 1", flags=0, command=0):
+def event(query="SELECT 1", flags=0, command=0, error_code=None):
     ev = Event()
+    ev.error_code = error_code
     ev.engine, ev.start_ns, ev.duration_ns = "postgres", 1_795_000_000_123_456_789, 1_234_567
     ev.conn_id, ev.fp, ev.pid, ev.tid, ev.command, ev.flags, ev.kind = None, 0, 10, 11, command, flags, 1
     ev.context = (None, None, None, None)
@@ -23,11 +24,11 @@ def test_escape_control_keeps_one_line_and_no_escape_sequences():
 
 def test_json_writer_fields():
     out = io.StringIO()
-    JsonWriter(out).on_event(event('SELECT "x", \'é\'\n', flags=EV_TRUNCATED | EV_FAILED))
+    JsonWriter(out).on_event(event('SELECT "x", \'é\'\n', flags=EV_TRUNCATED | EV_FAILED, error_code="42P01"))
     obj = json.loads(out.getvalue())
     assert obj["ts"] == "2026-11-18T11:06:40.123456Z"  # 1795000000 s after the epoch, in UTC
     assert obj["duration_ms"] == 1.234567 and obj["query"] == 'SELECT "x", \'é\'\n'
-    assert obj["truncated"] is True and obj["status"] == "error"
+    assert obj["truncated"] is True and obj["status"] == "error" and obj["error_code"] == "42P01"
     assert obj["engine"] == "postgres" and obj["pid"] == 10 and obj["tid"] == 11
     assert obj["conn_id"] is None and obj["command"] is None
 
@@ -43,8 +44,8 @@ def test_table_writer_one_line_with_units():
 
 
 def test_event_dict_is_what_json_writer_writes():
-    for flags in (0, EV_TRUNCATED | EV_FAILED):
-        ev = event("SELECT 'x'\t", flags=flags, command=3)
+    for flags, code in ((0, None), (EV_TRUNCATED | EV_FAILED, "1406")):
+        ev = event("SELECT 'x'\t", flags=flags, command=3, error_code=code)
         ev.context = ("alice", "shop", "10.0.0.1", "app")
         out = io.StringIO()
         JsonWriter(out).on_event(ev)

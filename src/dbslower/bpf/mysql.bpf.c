@@ -1,7 +1,7 @@
 /*
  * MySQL and MariaDB, either method: the per-thread statement state. One
  * event per statement run through COM_QUERY (each statement of a
- * multi-statement query on its own, where the server ends each), 
+ * multi-statement query on its own, where the server logs each),
  * COM_STMT_EXECUTE or COM_STMT_BULK_EXECUTE. The state machines are in
  * mysql_uprobe.bpf.c and mysql_usdt.bpf.c.
  */
@@ -9,7 +9,8 @@
 struct my_inflight {
 	u64 thd;        /* the THD running the statement (uprobes) */
 	u64 ps;         /* Prepared_statement* being executed */
-	u8 after_end;   /* COM_QUERY: a statement ended; another may follow */
+	u64 end_ns;     /* the last Protocol::end_statement(): the statement's end */
+	u8 after_end;   /* COM_QUERY: a statement was reported; another may follow */
 	u8 pad[7];
 	struct query_event ev;
 };

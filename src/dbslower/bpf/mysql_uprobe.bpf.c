@@ -4,16 +4,15 @@
  *
  * dispatch_command() entry starts each command; its signature differs by
  * server, and the argument positions come from the table in
- * dbslower/quirks.py as DC_* defines. A statement ends at
- * Protocol::end_statement() (END_AT_STMT), which dispatch_command calls
- * right after THD::update_server_status() has taken the slow log's end time,
- * once per statement, each statement of a multi-statement COM_QUERY
- * included (MariaDB sql/sql_parse.cc): the next statement of the packet
- * starts there too, and whatever is left open when the next command starts
- * was not a statement. No return probe. Builds without it end at
+ * dbslower/quirks.py as DC_* defines. A statement's end time is taken at the
+ * last Protocol::end_statement() before it is reported, and it is reported
+ * where the server decides whether to slow-log it, log_slow_statement()
+ * (FINISH_AT_SLOW_LOG), so what is reported is what the slow log can show:
+ * each statement of a multi-statement COM_QUERY (the next one starts there),
+ * a CALL once. No return probe; builds without log_slow_statement report at
  * dispatch_command's return.
  *
- * Read at the end, from the THD (offsets taken from the server's own
+ * Read when it is reported, from the THD (offsets taken from the server's own
  * exported accessors, see quirks.py), and only for statements that will be
  * reported:
  *  - the text, thd->query_string: the statement as the server logs it,
@@ -147,10 +146,28 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 #endif
 }
 
-#if END_AT_STMT
-/* Protocol::end_statement(): the server has just taken a statement's end
- * time and is about to send its OK or ERR packet. */
+/* Protocol::end_statement(): the server has just taken the statement's end
+ * time (THD::update_server_status) and is about to send its OK, EOF or ERR
+ * packet. It also runs for each result set a procedure's SELECTs send inside
+ * a CALL, so the last call before the statement is logged is its end. */
 int my_stmt_end(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct my_inflight *v = inflight.lookup(&tid);
+	if (v)
+		v->end_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+#if FINISH_AT_SLOW_LOG
+/* log_slow_statement(THD *thd): the server decides whether to slow-log the
+ * statement that just ended, once per statement the slow log can show: each
+ * statement of a multi-statement query, a CALL as a whole (sql/sql_parse.cc
+ * dispatch_command; sql/sp_head.cc calls it for a procedure's own statements
+ * only when log_slow_disabled_statements allows "sp"). The statement's
+ * status, text and database are still in the THD. */
+int my_slow_log(struct pt_regs *ctx)
 {
 	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
@@ -158,15 +175,16 @@ int my_stmt_end(struct pt_regs *ctx)
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	end_my_statement(v, now);
+	end_my_statement(v, v->end_ns ? v->end_ns : now);
 	finish_statement(&v->ev);
 	if (v->ev.command == COM_QUERY) {
-		/* Another statement of the same packet may follow: it starts now. */
+		/* Another statement of the same packet may follow: it starts now.
+		 * If none does, the next command replaces this entry. */
 		v->after_end = 1;
+		v->end_ns = 0;
 		v->ev.start_ns = now;
 		v->ev.flags = 0;
 		v->ev.error_code = 0;
-		v->ev.text_len = 0;
 	} else {
 		inflight.delete(&tid);
 	}
@@ -182,7 +200,7 @@ int my_dispatch_return(struct pt_regs *ctx)
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	end_my_statement(v, now);
+	end_my_statement(v, v->end_ns ? v->end_ns : now);
 	finish_statement(&v->ev);
 	inflight.delete(&tid);
 	digest_tail(ctx);
