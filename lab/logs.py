@@ -18,17 +18,23 @@ class Logged:
 def parse_pg_log(text):
     """Statements from a log written with log_min_duration_statement=0 and
     PG_LOG_PREFIX. An extended-protocol statement is one entry whose time is
-    its parse, bind and execute times added up (parse and bind are carried to
-    the next execute of the same backend)."""
-    out, pending, cur = [], {}, None
+    its parse, bind and execute times added up: the server names the
+    prepared statement on each line ("parse s1", "bind s1/portal",
+    "execute s1"), so a parse is added at the bind of the statement it
+    parsed, and a bind at the next execute of the same backend."""
+    out, pending, parsed, cur = [], {}, {}, None
     for line in text.splitlines():
         if line.startswith("@@"):
             cur = None
             m = _PG_LINE.match(line)
             if not m:
                 continue
-            pid, ms, kind, _name, query = int(m[1]), float(m[2]), m[3], m[4], m[5]
-            if kind in ("parse", "bind"):
+            pid, ms, kind, name, query = int(m[1]), float(m[2]), m[3], (m[4] or "").strip(), m[5]
+            if kind == "parse":
+                parsed[(pid, name)] = ms
+                continue
+            if kind == "bind":
+                ms += parsed.pop((pid, name.split("/")[0]), 0.0)
                 pending[pid] = pending.get(pid, 0.0) + ms
                 continue
             cur = Logged(pid, ms + pending.pop(pid, 0.0), query)

@@ -322,7 +322,8 @@ class Source:
                      if (fp, db, srv) in victims for b in h]
         stats, hists = self.tracer.take_digests(victims, hist_keys)
         f_stats, f_hists = self.folded
-        prev_stats, prev_hists = self.prev[0] if self.prev and self.prev[0] and self.mode != "serve" else ({}, {})
+        prev_stats, prev_hists, prev_errors = (self.prev[0] if self.prev and self.prev[0] and self.mode != "serve"
+                                               else ({}, {}, {}))
         p_stats, p_hists = self.prev_raw if self.prev_raw else ({}, {})
         only = self._only_server()
         for key, v in stats.items():
@@ -356,6 +357,10 @@ class Source:
                 prev_hists[pkey][b] = prev_hists[pkey].get(b, 0) - before
                 ph = prev_hists.setdefault((pseudo, pkey[1]), {})
                 ph[b] = ph.get(b, 0) + before
+                if failed and pkey in prev_errors:
+                    prev_errors[pkey][failed] = prev_errors[pkey].get(failed, 0) - before
+                    pe = prev_errors.setdefault((pseudo, pkey[1]), {})
+                    pe[failed] = pe.get(failed, 0) + before
         alive = {k[0] for k in raw_stats if k not in victims}
         for fp in {k[0] for k in victims} - alive:
             self.book.forget(fp)

@@ -31,7 +31,7 @@ def test_point_select_every_query_once(maria):
 
 
 def test_prepared_statements_once_with_text(maria):
-    with Run(["mysql", "-m", "0", "-j"]) as run:
+    with Run(["mysql", "-p", maria.pid, "-m", "0", "-j"]) as run:
         sysbench(maria, "oltp_point_select", "--db-ps-mode=auto", "--events=2000", "--threads=2")
     got = [e for e in run.events() if e["command"] == "COM_STMT_EXECUTE"]
     assert len(got) == 2000
@@ -39,7 +39,7 @@ def test_prepared_statements_once_with_text(maria):
 
 
 def test_sleep_latency_threshold_and_connection_id(maria):
-    with Run(["mysql", "-m", "50", "-j"]) as run:
+    with Run(["mysql", "-p", maria.pid, "-m", "50", "-j"]) as run:
         conn_id = maria.sql("SELECT CONNECTION_ID(); SELECT SLEEP(0.2)").split()[0]
         maria.sql("SELECT SLEEP(0.01)")
         maria.sql("SELECT 1")
@@ -51,7 +51,7 @@ def test_sleep_latency_threshold_and_connection_id(maria):
 
 
 def test_multi_statement_query_reported_per_statement(maria):
-    with Run(["mysql", "-m", "0", "-j"]) as run:
+    with Run(["mysql", "-p", maria.pid, "-m", "0", "-j"]) as run:
         # With a custom delimiter the client sends all three in one COM_QUERY.
         maria_multi = maria.client_args() + ["--delimiter=//", "-e",
                                              "SELECT 'a1'; SELECT SLEEP(0.05);  SELECT 'a3'//"]
@@ -68,7 +68,7 @@ def test_call_reported_once_like_the_slow_log(maria):
     subprocess.run(maria.client_args() + ["--delimiter=//", "sbtest", "-e",
                    "CREATE OR REPLACE PROCEDURE p_probe() BEGIN SELECT 1; SELECT SLEEP(0.03); END//"],
                    check=True, capture_output=True, timeout=60)
-    with Run(["mysql", "-m", "0", "-j"]) as run:
+    with Run(["mysql", "-p", maria.pid, "-m", "0", "-j"]) as run:
         maria.sql("CALL p_probe()", db="sbtest")
     texts = [e["query"] for e in run.events()]
     assert texts == ["CALL p_probe()"]
@@ -77,7 +77,7 @@ def test_call_reported_once_like_the_slow_log(maria):
 
 def test_errors_flagged_and_admin_commands_not_reported(maria):
     import subprocess
-    with Run(["mysql", "-m", "0", "-j"]) as run:
+    with Run(["mysql", "-p", maria.pid, "-m", "0", "-j"]) as run:
         maria.sql("SELECT no_such_column", check=False)
         maria.sql("SELECT 'fine'")
         subprocess.run(["mariadb-admin", f"--socket={maria.sock}", "-uroot", "ping"], check=True,
@@ -104,7 +104,7 @@ def test_new_connections_and_concurrency(maria):
 
 
 def test_verbose_names_the_dispatch_signature(maria):
-    r = run_cli(["mysql", "-v", "-d", "0.5"])
+    r = run_cli(["mysql", "-p", maria.pid, "-v", "-d", "0.5"])
     assert r.returncode == 0, r.stderr
     assert "dispatch_command signature mariadb-10" in r.stderr
 

@@ -33,7 +33,7 @@ def test_pgbench_every_select_once(pg, protocol):
 
 
 def test_sleep_latency_threshold_and_json(pg):
-    with Run(["postgres", "-m", "50", "-j"]) as run:
+    with Run(["postgres", "-p", pg.pid, "-m", "50", "-j"]) as run:
         pg.psql("SELECT pg_sleep(0.2)")
         pg.psql("SELECT pg_sleep(0.01)")  # under the threshold
         pg.psql("SELECT 1")
@@ -50,7 +50,7 @@ def test_sleep_latency_threshold_and_json(pg):
 def test_context_from_process_title(pg):
     import psycopg
     tcp = f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres application_name=probe_app"
-    with Run(["postgres", "-m", "0", "-j"]) as run:
+    with Run(["postgres", "-p", pg.pid, "-m", "0", "-j"]) as run:
         with psycopg.connect(tcp, autocommit=True) as conn:
             conn.execute("SELECT 'context probe'")
             import time
@@ -76,7 +76,7 @@ def test_connections_opened_after_start_and_concurrency(pg):
 
 
 def test_failed_statement_is_flagged(pg):
-    with Run(["postgres", "-m", "0", "-j"]) as run:
+    with Run(["postgres", "-p", pg.pid, "-m", "0", "-j"]) as run:
         pg.psql("SELECT no_such_column_here", check=False)
         pg.psql("SET statement_timeout = '50ms'; SELECT pg_sleep(1)", check=False)
         pg.psql("SELECT 'fine'")
@@ -90,7 +90,7 @@ def test_failed_statement_is_flagged(pg):
 
 def test_table_escapes_control_characters_and_marks_truncation(pg):
     long_query = "SELECT '" + "x" * 3000 + "'"
-    with Run(["postgres", "-m", "0"]) as run:
+    with Run(["postgres", "-p", pg.pid, "-m", "0"]) as run:
         pg.psql("SELECT 'a\nb\tc\x1b[31m' AS q")
         pg.psql(long_query)
     run.stop()
@@ -104,10 +104,10 @@ def test_table_escapes_control_characters_and_marks_truncation(pg):
 
 def test_text_bytes_flag_and_truncated_json(pg):
     q = "SELECT '" + "y" * 5000 + "'"
-    with Run(["postgres", "-m", "0", "-j", "-s", "8192"]) as run:
+    with Run(["postgres", "-p", pg.pid, "-m", "0", "-j", "-s", "8192"]) as run:
         pg.psql(q)
     run.stop()
-    with Run(["postgres", "-m", "0", "-j"]) as run2:
+    with Run(["postgres", "-p", pg.pid, "-m", "0", "-j"]) as run2:
         pg.psql(q)
     run2.stop()
     full = [e for e in run.events() if "yyyy" in e["query"]]
@@ -117,14 +117,14 @@ def test_text_bytes_flag_and_truncated_json(pg):
 
 
 def test_duration_flag_ends_the_run(pg):
-    r = run_cli(["postgres", "-d", "1", "-j"], timeout_s=60)
+    r = run_cli(["postgres", "-p", pg.pid, "-d", "1", "-j"], timeout_s=60)
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("Tracing PostgreSQL queries slower than 1 ms")
 
 
 def test_sigterm_ends_cleanly(pg):
     import signal
-    run = Run(["postgres", "-m", "0"])
+    run = Run(["postgres", "-p", pg.pid, "-m", "0"])
     pg.psql("SELECT 42")
     run.stop(sig=signal.SIGTERM)
     assert run.returncode == 0
@@ -133,7 +133,7 @@ def test_sigterm_ends_cleanly(pg):
 
 
 def test_verbose_says_method_and_why(pg):
-    r = run_cli(["postgres", "-v", "-d", "0.5"])
+    r = run_cli(["postgres", "-p", pg.pid, "-v", "-d", "0.5"])
     assert r.returncode == 0, r.stderr
     assert "method: usdt, because binary has USDT probes" in r.stderr
     assert "#define USE_USDT 1" in r.stderr
@@ -183,7 +183,7 @@ def test_psycopg_prepared_and_pipeline(pg):
 
 
 def test_json_lines_are_valid_under_load(pg):
-    with Run(["postgres", "-m", "0", "-j"]) as run:
+    with Run(["postgres", "-p", pg.pid, "-m", "0", "-j"]) as run:
         pg.pgbench("-n", "-S", "-c", "2", "-T", "2")
     run.stop()
     for line in run.stdout.splitlines():
