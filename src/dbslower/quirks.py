@@ -22,11 +22,17 @@ PG_STATE_RUNNING = [
 ]
 
 
-def pg_state_running(major):
-    for first, last, value in PG_STATE_RUNNING:
+def by_major(table, major):
+    """The value of the row of a (first major, last major, value) table that
+    covers this major version; KeyError when none does."""
+    for first, last, value in table:
         if first <= major <= last:
             return value
     raise KeyError(major)
+
+
+def pg_state_running(major):
+    return by_major(PG_STATE_RUNNING, major)
 
 
 # Probe sites, by method. USDT names are from src/backend/utils/probes.d;
@@ -85,10 +91,7 @@ PG_PLANSOURCE_QUERY_STRING = [
 
 
 def pg_plansource_query_string(major):
-    for first, last, value in PG_PLANSOURCE_QUERY_STRING:
-        if first <= major <= last:
-            return value
-    raise KeyError(major)
+    return by_major(PG_PLANSOURCE_QUERY_STRING, major)
 
 
 # --- MySQL / MariaDB ---------------------------------------------------------

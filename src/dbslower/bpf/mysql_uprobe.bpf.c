@@ -146,6 +146,14 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 #endif
 }
 
+/* Reports the statement: it ended at the last Protocol::end_statement(), or
+ * now where that is not probed. */
+static __always_inline void report_statement(struct my_inflight *v, u64 now)
+{
+	end_my_statement(v, v->end_ns ? v->end_ns : now);
+	finish_statement(&v->ev);
+}
+
 /* Protocol::end_statement(): the server has just taken the statement's end
  * time (THD::update_server_status) and is about to send its OK, EOF or ERR
  * packet. It also runs for each result set a procedure's SELECTs send inside
@@ -175,8 +183,7 @@ int my_slow_log(struct pt_regs *ctx)
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	end_my_statement(v, v->end_ns ? v->end_ns : now);
-	finish_statement(&v->ev);
+	report_statement(v, now);
 	if (v->ev.command == COM_QUERY) {
 		/* Another statement of the same packet may follow: it starts now.
 		 * If none does, the next command replaces this entry. */
@@ -200,8 +207,7 @@ int my_dispatch_return(struct pt_regs *ctx)
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	end_my_statement(v, v->end_ns ? v->end_ns : now);
-	finish_statement(&v->ev);
+	report_statement(v, now);
 	inflight.delete(&tid);
 	digest_tail(ctx);
 	return 0;
