@@ -34,6 +34,9 @@ LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
 # leaving room for a burst of new shapes before the next look.
 EVICT_ABOVE, EVICT_TO = 0.75, 0.5
+# The BPF program writes records without waking the reader (bpf/common.bpf.c,
+# send_record): the loop looks at the ring buffers at least this often.
+READER_POLL_S = 0.1
 MAINTAIN_EVERY_S = 0.25  # how often a filling digest map is looked at
 
 
@@ -523,7 +526,7 @@ class Pipeline:
                     self.notify(f"{lost - lost_said} events lost in the last {LOST_REPORT_EVERY_S:g} s "
                                 f"({lost} in all): {self._loss_detail()}")
                     lost_said = lost
-            wake = min(x for x in (next_at, deadline, next_discovery, next_maintain, now + 0.2) if x is not None)
+            wake = min(x for x in (next_at, deadline, next_discovery, next_maintain, now + READER_POLL_S) if x is not None)
             got = self._drain()
             if got:
                 # Let records accumulate: fewer, larger batches cost less CPU.
