@@ -42,6 +42,22 @@ HIST_MIN_SHIFT = 10
 HIST_OCTAVES = 28
 
 
+def add_stats(row, v):
+    """Adds one digest_stats value v, (calls, total_ns, max_ns, failed,
+    failed_ns) as in bpf/dbslower.h, into row, a list of the same five."""
+    row[0] += v[0]
+    row[1] += v[1]
+    row[2] = max(row[2], v[2])
+    row[3] += v[3]
+    row[4] += v[4]
+
+
+def add_buckets(out, h):
+    """Adds the bucket counts {bucket: n} of h into out."""
+    for b, n in h.items():
+        out[b] = out.get(b, 0) + n
+
+
 def pg_sqlstate(code):
     """A PostgreSQL error code as the server packs it (MAKE_SQLSTATE in
     src/include/utils/elog.h: five characters, 6 bits each, the first in the

@@ -1,7 +1,7 @@
 """Aggregates read from the kernel, turned into per-interval reports.
 
 Fifth stage (after decode): the kernel keeps cumulative counters (bpf/
-dbslower.c, finish_statement and digest_update); a report is the difference
+common.bpf.c, finish_statement and digest_update); a report is the difference
 between two reads, so nothing is lost between intervals. Used by every sink
 that shows summaries: --hist, --digest, top (and the metrics endpoint).
 """
@@ -20,7 +20,7 @@ CONTEXTS_PER_FINGERPRINT = 8  # (user, db) pairs remembered per fingerprint, for
 
 # Fingerprints evicted from the kernel's full digest table are folded into one
 # row per operation, under an even pseudo fingerprint (the kernel's are odd:
-# bpf/dbslower.c stores hash | 1), so totals stay exact and metrics keep
+# bpf/common.bpf.c stores hash | 1), so totals stay exact and metrics keep
 # their db_operation_name.
 OPERATION_ORDER = sorted(OPERATIONS | {"OTHER"})
 OTHER_TEXT = "(other fingerprints, evicted from the kernel's table)"

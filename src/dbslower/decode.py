@@ -17,7 +17,7 @@ import time
 
 from dbslower.abi import (EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, KIND_APP, KIND_EXIT, KIND_QUERY,  # noqa: F401
                           KIND_SAMPLE, format_error_code)
-from dbslower.discover import load_base
+from dbslower.discover import load_base, read_memory
 from dbslower.quirks import COM_NAMES
 
 # (name, struct format) in declaration order; the text follows.
@@ -228,29 +228,24 @@ class PgTitles:
     def read_application_name(self, pid, app_ptr=0):
         """From the backend's memory: the string at app_ptr, or (without it)
         at the GUC's own pointer."""
-        try:
-            fd = os.open(f"{self.proc}/{pid}/mem", os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            ptr = app_ptr
-            if not ptr:
-                if not self.app_name_symbols:
-                    return None
+        ptr = app_ptr
+        if not ptr:
+            if not self.app_name_symbols:
+                return None
+            try:
                 st = os.stat(f"{self.proc}/{pid}/exe")
-                spec = self.app_name_symbols.get((st.st_dev, st.st_ino))
-                if spec is None:
-                    return None
-                vaddr, pie = spec
-                base = load_base(pid, st.st_ino, self.proc) if pie else 0
-                if base is None:
-                    return None
-                ptr = int.from_bytes(os.pread(fd, 8, base + vaddr), "little")
-            raw = os.pread(fd, 64, ptr) if ptr else b""
-        except (OSError, ValueError, OverflowError):
-            return None
-        finally:
-            os.close(fd)
+            except OSError:
+                return None
+            spec = self.app_name_symbols.get((st.st_dev, st.st_ino))
+            if spec is None:
+                return None
+            vaddr, pie = spec
+            base = load_base(pid, st.st_ino, self.proc) if pie else 0
+            if base is None:
+                return None
+            raw = read_memory(pid, base + vaddr, 8, self.proc)
+            ptr = int.from_bytes(raw, "little") if raw else 0
+        raw = read_memory(pid, ptr, 64, self.proc) if ptr else None
         return _cstr(raw) if raw else None
 
 

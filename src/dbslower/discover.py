@@ -103,6 +103,21 @@ def host_path(pid, exe, proc="/proc"):
     return f"{proc}/{pid}/exe"
 
 
+def read_memory(pid, addr, n, proc="/proc"):
+    """n bytes at addr in process pid's memory, or None when they cannot be
+    read (the process exited, or the address is not mapped)."""
+    try:
+        fd = os.open(f"{proc}/{pid}/mem", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, n, addr)
+    except (OSError, OverflowError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def load_base(pid, inode, proc="/proc"):
     """Address at which process `pid` mapped the start (file offset 0) of the
     executable with this inode, from /proc/PID/maps; None if not mapped."""

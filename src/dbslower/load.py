@@ -168,6 +168,11 @@ def _percpu_items(table):
         yield i, table[ct.c_int(i)]
 
 
+def _stats(v):
+    """A digest_stats leaf as the tuple abi.add_stats takes."""
+    return v.calls, v.total_ns, v.max_ns, v.failed, v.failed_ns
+
+
 def _int(v):
     return v if isinstance(v, int) else v.value
 
@@ -316,12 +321,7 @@ class Tracer:
             # The overflow maps' entries have fp 0: counted while `digests` was full.
             for name in ("digests", "digest_overflow"):
                 for k, v in _hash_items(lt.bpf[name]):
-                    row = stats.setdefault((k.fp, k.db_id, k.server_id), [0, 0, 0, 0, 0])
-                    row[0] += v.calls
-                    row[1] += v.total_ns
-                    row[2] = max(row[2], v.max_ns)
-                    row[3] += v.failed
-                    row[4] += v.failed_ns
+                    abi.add_stats(stats.setdefault((k.fp, k.db_id, k.server_id), [0, 0, 0, 0, 0]), _stats(v))
             for name in ("digest_hist", "overflow_hist"):
                 for k, v in _hash_items(lt.bpf[name]):
                     h = hists.setdefault((k.fp, k.db_id, k.server_id, k.failed), {})
@@ -351,12 +351,7 @@ class Tracer:
                 k, v = t.Key(), t.Leaf()
                 k.fp, k.db_id, k.server_id = key
                 if fn(t.map_fd, ct.byref(k), ct.byref(v)) == 0:
-                    row = stats.setdefault(key, [0, 0, 0, 0, 0])
-                    row[0] += v.calls
-                    row[1] += v.total_ns
-                    row[2] = max(row[2], v.max_ns)
-                    row[3] += v.failed
-                    row[4] += v.failed_ns
+                    abi.add_stats(stats.setdefault(key, [0, 0, 0, 0, 0]), _stats(v))
             for key in hist_keys:
                 k, v = h.Key(), h.Leaf()
                 k.fp, k.db_id, k.server_id, k.failed, k.bucket = key

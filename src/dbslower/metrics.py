@@ -1,6 +1,6 @@
 """The Prometheus endpoint of `dbslower serve`: a sink of the pipeline.
 
-Counts come from the kernel's cumulative digests (bpf/dbslower.c,
+Counts come from the kernel's cumulative digests (bpf/common.bpf.c,
 digest_update), read once per interval by the pipeline; collect() only hands
 out the families built from the latest read, so a scrape never touches the
 BPF maps and costs the same whatever the statement rate. Exposition is

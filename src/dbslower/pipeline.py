@@ -15,14 +15,15 @@ object with some of these methods (all optional):
     poll()                   called when the loop wakes; returns True to stop
 """
 
-import os
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
+from dbslower.abi import add_buckets, add_stats
 from dbslower.abi import CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT
 from dbslower.decode import (KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder,
                              RingReader, wait_readable)
 from dbslower.decode import parse_pg_title
+from dbslower.discover import read_memory
 from dbslower.discover import container_id, namespace_pid, pg_database_names, process_cwd, symbol_address
 from dbslower.fingerprint import operation_name, redact
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
@@ -48,28 +49,14 @@ def _merged(raw, folded, only_server=0):
     overflow entries (fp 0) under their pseudo fingerprint, and server 0
     as only_server when that is known."""
     stats, hists = {}, {}
-    for k, v in raw[0].items():
-        fp, db, srv = k
-        k = (fp or OVERFLOW_FP, db, srv or only_server)
-        row = stats.setdefault(k, [0, 0, 0, 0, 0])
-        for i in (0, 1, 3, 4):
-            row[i] += v[i]
-        row[2] = max(row[2], v[2])
-    for k, h in raw[1].items():
-        fp, db, srv, failed = k
-        k = (fp or OVERFLOW_FP, db, srv or only_server, failed)
-        out = hists.setdefault(k, {})
-        for b, n in h.items():
-            out[b] = out.get(b, 0) + n
+    for (fp, db, srv), v in raw[0].items():
+        add_stats(stats.setdefault((fp or OVERFLOW_FP, db, srv or only_server), [0, 0, 0, 0, 0]), v)
+    for (fp, db, srv, code), h in raw[1].items():
+        add_buckets(hists.setdefault((fp or OVERFLOW_FP, db, srv or only_server, code), {}), h)
     for k, v in folded[0].items():
-        row = stats.setdefault(k, [0, 0, 0, 0, 0])
-        for i in (0, 1, 3, 4):
-            row[i] += v[i]
-        row[2] = max(row[2], v[2])
+        add_stats(stats.setdefault(k, [0, 0, 0, 0, 0]), v)
     for k, h in folded[1].items():
-        out = hists.setdefault(k, {})
-        for b, n in h.items():
-            out[b] = out.get(b, 0) + n
+        add_buckets(hists.setdefault(k, {}), h)
     return stats, hists
 
 
@@ -95,6 +82,7 @@ class Source:
         self.last_calls = {}      # raw key -> calls, at the previous eviction check
         self.evicted = 0
         self.next_full_look = 0.0
+        self.new_fingerprints = 0  # samples (one per new kernel fingerprint) since the last snapshot
         # serve (SERVER_IDS): what the kernel's numbers mean
         self.servers = {}         # server id -> discover.Server
         self.db_names = {}        # (server id, database OID) -> name
@@ -255,6 +243,7 @@ class Source:
                 return
             if ev.kind == KIND_SAMPLE:
                 book.add_sample(ev)
+                self.new_fingerprints += 1
             elif ev.kind == KIND_QUERY:
                 if ev.fp:
                     book.add_context(ev)
@@ -284,6 +273,7 @@ class Source:
             return self.tracer.read_hist(), self.lost()
         if self.mode in DIGEST_MODES:
             self.raw = self.tracer.read_digest_maps()
+            self.new_fingerprints = 0
             stats, hists = _merged(self.raw, self.folded, self._only_server())
             if self.mode == "serve":
                 return (stats, hists), self.lost()
@@ -291,11 +281,13 @@ class Source:
         return None, self.lost()
 
     def maintenance_due(self, now):
-        """A map far from full is looked at only every 10 s."""
+        """A map far from full is looked at only every 10 s. How full it is
+        comes from the last look plus the new fingerprints seen since (each
+        sends a sample), so a burst of new shapes is looked at in time."""
         if self.raw is None or now >= self.next_full_look:
             self.next_full_look = now + 10.0
             return True
-        return len(self.raw[0]) >= 0.25 * self.tracer.digest_capacity()[0]
+        return len(self.raw[0]) + self.new_fingerprints >= 0.25 * self.tracer.digest_capacity()[0]
 
     def set_prev(self, snap):
         self.prev = snap
@@ -333,10 +325,7 @@ class Source:
             fp, db, srv = key
             srv = srv or only
             pseudo = other_fp(operation_name(self.book.group(fp)))
-            row = f_stats.setdefault((pseudo, db, srv), [0, 0, 0, 0, 0])
-            for i in (0, 1, 3, 4):
-                row[i] += v[i]
-            row[2] = max(row[2], v[2])
+            add_stats(f_stats.setdefault((pseudo, db, srv), [0, 0, 0, 0, 0]), v)
             # The last interval report counted part of it under its own
             # fingerprint: that part moves to the pseudo one in `prev`, so
             # the next interval reports only what came after.
@@ -383,14 +372,8 @@ class Source:
 
 
 def _read_u32(pid, addr):
-    try:
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-        try:
-            return int.from_bytes(os.pread(fd, 4, addr), "little")
-        finally:
-            os.close(fd)
-    except (OSError, OverflowError, ValueError):
-        return 0
+    raw = read_memory(pid, addr, 4)
+    return int.from_bytes(raw, "little") if raw else 0
 
 
 def _sum_losses(parts):
