@@ -246,6 +246,7 @@ struct fp_work {
 	char last_out;
 	u16 pad;
 	u64 hash;
+	u64 cache_key; /* where the engine keeps this statement's fingerprint; 0: nowhere */
 	struct query_event ev;
 };
 BPF_PERCPU_ARRAY(fp_work, struct fp_work, 1);
@@ -258,11 +259,19 @@ BPF_ARRAY(slow_ns, u64, 1);
 #endif
 #endif
 
+#if MODE == MODE_DIGEST
+static __always_inline void digest_update(struct query_event *ev, u64 fp);
+#endif
+
 /*
  * A statement has finished. ev holds its header and text; the caller has set
  * duration_ns, flags and error_code. Streams it, or aggregates it, per MODE.
+ * In digest mode an engine that can keep a statement's fingerprint (a MySQL
+ * prepared statement runs the same text every time) passes where (cache_key)
+ * and the fingerprint it kept (ev->fp, 0 if none yet): the text is then
+ * hashed once, not at every execution.
  */
-static __always_inline void finish_statement(struct query_event *ev)
+static __always_inline void finish_statement_cached(struct query_event *ev, u64 cache_key)
 {
 	if (ev->duration_ns < THRESHOLD_NS)
 		return;
@@ -288,10 +297,15 @@ static __always_inline void finish_statement(struct query_event *ev)
 	if (x && ev->duration_ns > *x)
 		*x = ev->duration_ns;
 #elif MODE == MODE_DIGEST
+	if (ev->fp) {
+		digest_update(ev, ev->fp);
+		return;
+	}
 	u32 zero = 0;
 	struct fp_work *w = fp_work.lookup(&zero);
 	if (!w)
 		return;
+	w->cache_key = cache_key;
 	if (w->pending)
 		count(CTR_LOST_EVENTS); /* another handler on this CPU left one unfinished */
 	bpf_probe_read_kernel(&w->ev, offsetof(struct query_event, text) + bounded_len(ev->text_len), ev);
@@ -303,6 +317,15 @@ static __always_inline void finish_statement(struct query_event *ev)
 	w->hash = FNV_OFFSET;
 #endif
 }
+
+static __always_inline void finish_statement(struct query_event *ev)
+{
+	finish_statement_cached(ev, 0);
+}
+
+/* Defined by the engine's fragment: the fingerprint of the statement kept
+ * under cache_key (see finish_statement_cached) is fp. */
+static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp);
 
 #if MODE == MODE_DIGEST
 /* Adds one to a statement's bucket, in digest_hist or, while the digest
@@ -418,7 +441,10 @@ int fp_chunk(struct pt_regs *ctx)
 	if (pos < len)
 		fp_chain.call(ctx, 0); /* does not return unless it fails */
 	w->pending = 0;
-	digest_update(&w->ev, hash | 1); /* never 0, which means "no fingerprint" */
+	hash |= 1; /* never 0, which means "no fingerprint" */
+	if (w->cache_key)
+		engine_fingerprinted(w->cache_key, w->ev.pid, hash);
+	digest_update(&w->ev, hash);
 	return 0;
 }
 

@@ -6,31 +6,55 @@
  * mysql_uprobe.bpf.c and mysql_usdt.bpf.c.
  */
 
+#define MY_IDLE 0 /* nothing to report */
+#define MY_OPEN 1 /* a statement is running */
+#define MY_NEXT 2 /* COM_QUERY: a statement was reported; another may follow */
+
 struct my_inflight {
 	u64 thd;        /* the THD running the statement (uprobes) */
 	u64 ps;         /* Prepared_statement* being executed */
 	u64 end_ns;     /* the last Protocol::end_statement(): the statement's end */
-	u8 after_end;   /* COM_QUERY: a statement was reported; another may follow */
+	u8 state;       /* MY_* */
 	u8 pad[7];
 	struct query_event ev;
 };
 
+/* One entry per server thread that ran a traced command, kept between its
+ * commands (inserting one copies the whole text buffer) and deleted when the
+ * thread exits. */
 BPF_HASH(inflight, u32, struct my_inflight, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(inflight_zero, struct my_inflight, 1);
 
 static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
 {
 	u32 tid = (u32)id, zero = 0;
-	struct my_inflight *init = inflight_zero.lookup(&zero);
-	if (!init)
-		return 0;
-	if (inflight.update(&tid, init) != 0) {
-		count(CTR_INFLIGHT_FULL);
-		return 0;
-	}
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (!v)
-		return 0;
+	if (!v) {
+		struct my_inflight *init = inflight_zero.lookup(&zero);
+		if (!init)
+			return 0;
+		if (inflight.update(&tid, init) != 0) {
+			count(CTR_INFLIGHT_FULL);
+			return 0;
+		}
+		v = inflight.lookup(&tid);
+		if (!v)
+			return 0;
+	}
+	v->thd = 0;
+	v->ps = 0;
+	v->end_ns = 0;
+	v->state = MY_OPEN;
+	v->ev.conn_id = 0;
+	v->ev.fp = 0;
+	v->ev.text_len = 0;
+	v->ev.error_code = 0;
+	v->ev.server_id = 0;
+	v->ev.command = 0;
+	v->ev.flags = 0;
+	v->ev.db[0] = 0;
+	v->ev.user[0] = 0;
+	v->ev.host[0] = 0;
 	v->ev.start_ns = now;
 	v->ev.pid = id >> 32;
 	v->ev.tid = tid;
@@ -48,7 +72,7 @@ static __always_inline int engine_thread_exit(u32 tid)
 	struct my_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	int open = !v->after_end;
+	int open = v->state == MY_OPEN;
 	inflight.delete(&tid);
 	return open;
 }

@@ -41,6 +41,7 @@ struct ps_key {
 };
 
 struct ps_text {
+	u64 fp;         /* its kernel fingerprint, once hashed (digest mode); 0 before */
 	u32 len;
 	u8 truncated;
 	u8 pad[3];
@@ -68,7 +69,9 @@ int my_dispatch_entry(struct pt_regs *ctx)
 	u32 cmd = (u32)ARG(ctx, DC_CMD_ARG);
 	if (!traced_command(cmd)) {
 		u32 tid = (u32)id;
-		inflight.delete(&tid);
+		struct my_inflight *idle = inflight.lookup(&tid);
+		if (idle)
+			idle->state = MY_IDLE;
 		return 0;
 	}
 	struct my_inflight *v = start_inflight(now, id);
@@ -129,6 +132,7 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 			u32 n = bounded_len(t->len);
 			bpf_probe_read_kernel(v->ev.text, n, t->text);
 			v->ev.text_len = n;
+			v->ev.fp = t->fp;
 			if (t->truncated)
 				v->ev.flags |= EV_TRUNCATED;
 		} else {
@@ -151,7 +155,16 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 static __always_inline void report_statement(struct my_inflight *v, u64 now)
 {
 	end_my_statement(v, v->end_ns ? v->end_ns : now);
-	finish_statement(&v->ev);
+	finish_statement_cached(&v->ev, v->ps);
+}
+
+/* A prepared statement's text was hashed: keep its fingerprint with it. */
+static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp)
+{
+	struct ps_key k = {.ps = cache_key, .tgid = tgid};
+	struct ps_text *t = ps_texts.lookup(&k);
+	if (t)
+		t->fp = fp;
 }
 
 /* Protocol::end_statement(): the server has just taken the statement's end
@@ -163,7 +176,7 @@ int my_stmt_end(struct pt_regs *ctx)
 	FLOOR_RETURN();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (v)
+	if (v && v->state != MY_IDLE)
 		v->end_ns = bpf_ktime_get_ns();
 	return 0;
 }
@@ -181,19 +194,19 @@ int my_slow_log(struct pt_regs *ctx)
 	u64 now = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (!v)
+	if (!v || v->state == MY_IDLE)
 		return 0;
 	report_statement(v, now);
 	if (v->ev.command == COM_QUERY) {
 		/* Another statement of the same packet may follow: it starts now.
-		 * If none does, the next command replaces this entry. */
-		v->after_end = 1;
+		 * If none does, the next command starts afresh. */
+		v->state = MY_NEXT;
 		v->end_ns = 0;
 		v->ev.start_ns = now;
 		v->ev.flags = 0;
 		v->ev.error_code = 0;
 	} else {
-		inflight.delete(&tid);
+		v->state = MY_IDLE;
 	}
 	digest_tail(ctx);
 	return 0;
@@ -205,10 +218,10 @@ int my_dispatch_return(struct pt_regs *ctx)
 	u64 now = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (!v)
+	if (!v || v->state == MY_IDLE)
 		return 0;
 	report_statement(v, now);
-	inflight.delete(&tid);
+	v->state = MY_IDLE;
 	digest_tail(ctx);
 	return 0;
 }
@@ -249,7 +262,7 @@ int my_ps_execute(struct pt_regs *ctx)
 	FLOOR_RETURN();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (v && v->ev.command != COM_QUERY && !v->ps) {
+	if (v && v->state == MY_OPEN && v->ev.command != COM_QUERY && !v->ps) {
 		v->ps = PT_REGS_PARM1(ctx);
 		v->ev.start_ns = bpf_ktime_get_ns();
 	}
@@ -275,7 +288,7 @@ int my_error(struct pt_regs *ctx)
 		return 0;
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (v) {
+	if (v && v->state == MY_OPEN) {
 		v->ev.flags |= EV_FAILED;
 		if (!v->ev.error_code)
 			v->ev.error_code = (u32)PT_REGS_PARM1(ctx);

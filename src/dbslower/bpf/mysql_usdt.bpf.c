@@ -39,7 +39,7 @@ int my_query_done(struct pt_regs *ctx)
 	u64 now = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
-	if (!v)
+	if (!v || v->state != MY_OPEN)
 		return 0;
 	/* bcc reads an argument only into a variable of its exact size:
 	 * query__done(int status), per sql/probes_mysql.d */
@@ -49,7 +49,12 @@ int my_query_done(struct pt_regs *ctx)
 		v->ev.flags |= EV_FAILED;
 	v->ev.duration_ns = now - v->ev.start_ns;
 	finish_statement(&v->ev);
-	inflight.delete(&tid);
+	v->state = MY_IDLE;
 	digest_tail(ctx);
 	return 0;
+}
+
+static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp)
+{
+	/* no statement keeps its fingerprint here */
 }
