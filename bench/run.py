@@ -321,6 +321,8 @@ class Bench:
             self.attach_time = self.time_to_tracing()
         import probe_cost
         self.probe_cost = probe_cost.main()
+        import handler_cost
+        self.handler_cost = handler_cost.main()
         return self.report()
 
     def time_to_tracing(self):
@@ -373,7 +375,10 @@ class Bench:
                       f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}", "",
                   "Cost per statement without a database's noise (bench/probe_cost.py: a stand-in postgres "
                   "calling the four probed functions in a backend's order, median of 5 x 200k):", "",
-                  self.probe_cost, ""]
+                  self.probe_cost, "",
+                  "Time in the BPF handlers per statement, from the kernel's accounting (bench/handler_cost.py, "
+                  "kernel.bpf_stats_enabled; tail calls count in their caller; the traps are not included):", "",
+                  self.handler_cost, ""]
         text = "\n".join(lines)
         out = ROOT / "bench" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M')}.md"
         out.write_text(text)

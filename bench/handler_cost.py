@@ -1,0 +1,91 @@
+"""Time spent in dbslower's BPF handlers per statement, from the kernel's own
+accounting: with kernel.bpf_stats_enabled, each program's run_time_ns and
+run_cnt (bpftool prog show) count every run, tail calls included in the
+caller. No other load changes these figures, so they need no baseline run.
+The probe traps themselves are not included (see probe_cost.py for those).
+
+Part of `make bench`; also runnable alone: .venv/bin/python bench/handler_cost.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from lab.servers import MariaServer, PgServer  # noqa: E402
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+MODES = {"filter": ["-m", "100000"], "digest": ["--digest"], "serve": ["serve", "--listen", "127.0.0.1:19557"]}
+STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def _programs(prefix):
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    tot = {}
+    for p in json.loads(out):
+        name = p.get("name", "")
+        if name.startswith(prefix):
+            t = tot.setdefault(name, [0, 0])
+            t[0] += p.get("run_time_ns", 0)
+            t[1] += p.get("run_cnt", 0)
+    return tot
+
+
+def _traced(engine, pid, mode, prefix, workload):
+    args = MODES[mode] if mode == "serve" else [engine] + MODES[mode]
+    p = subprocess.Popen([sys.executable, "-m", "dbslower"] + args + ["-p", str(pid)], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while True:
+            line = p.stderr.readline()
+            if not line or line.startswith(b"Tracing"):
+                break
+        statements = workload()
+        return _programs(prefix), statements
+    finally:
+        p.send_signal(2)
+        p.wait(timeout=60)
+
+
+def _row(workload, mode, progs, statements):
+    per_stmt = sum(ns for ns, _ in progs.values()) / statements
+    parts = ", ".join(f"{n} {c / statements:.2f}×{ns / c:.0f}" for n, (ns, c) in sorted(progs.items()) if c)
+    return f"| {workload} | {mode} | {per_stmt:.0f} | {parts} |"
+
+
+def main(seconds=4):
+    rows = []
+    before = STATS.read_text().strip()
+    STATS.write_text("1")
+    try:
+        with PgServer() as pg:
+            pg.pgbench("-i", "-s", "1", "-q")
+            for proto in ("simple", "extended", "prepared"):
+                for mode in MODES:
+                    def run():
+                        out = pg.pgbench("-n", "-S", "-M", proto, "-c", "2", "-T", str(seconds))
+                        return int(next(line for line in out.splitlines()
+                                        if "number of transactions actually processed" in line).split(":")[1].split("/")[0])
+                    progs, n = _traced("postgres", pg.pid, mode, "pg_", run)
+                    rows.append(_row(f"pg-{proto}", mode, progs, n))
+        with MariaServer() as maria:
+            maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
+            for mode in MODES:
+                def run():
+                    out = maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "--threads=2",
+                                         f"--time={seconds}", "run")
+                    return int(next(line for line in out.splitlines() if "queries:" in line).split()[1])
+                progs, n = _traced("mysql", maria.pid, mode, "my_", run)
+                rows.append(_row("mariadb-point", mode, progs, n))
+    finally:
+        STATS.write_text(before)
+    head = ["| workload | mode | BPF ns per statement | per program: runs per statement × ns per run |",
+            "|---|---|---|---|"]
+    return "\n".join(head + rows)
+
+
+if __name__ == "__main__":
+    print(main())
