@@ -69,18 +69,16 @@ def test_psycopg_prepared_and_pipeline_match_server_log(pg):
     check(pg, workload, 150)
 
 
-def test_asyncpg_parse_time_goes_to_the_statement_it_parsed(pg):
+def asyncpg_prepares_ahead(server):
     """asyncpg prepares a statement in a round trip of its own and runs
-    other statements before executing it: the Parse's time belongs to the
-    prepared statement (the server's log names it), not to whatever runs
-    next on the connection (issue 10, defect 1)."""
+    other statements before executing it."""
     import asyncio
     import asyncpg
     # Parse analysis of a 300-branch UNION takes about a millisecond (7 kB of text).
     slow_parse = " UNION ALL ".join(f"SELECT {i} AS n" for i in range(300))
 
     async def run():
-        conn = await asyncpg.connect(host=str(pg.sock), port=pg.port, user="postgres", database="postgres")
+        conn = await asyncpg.connect(host=str(server.sock), port=server.port, user="postgres", database="postgres")
         try:
             for _ in range(5):
                 stmt = await conn.prepare(slow_parse)
@@ -90,7 +88,14 @@ def test_asyncpg_parse_time_goes_to_the_statement_it_parsed(pg):
         finally:
             await conn.close()
 
-    check(pg, lambda: asyncio.run(run()), 20, extra=["-s", "8192"])
+    asyncio.run(run())
+
+
+def test_asyncpg_parse_time_goes_to_the_statement_it_parsed(pg):
+    """The Parse's time belongs to the prepared statement (the server's log
+    names it), not to whatever runs next on the connection (issue 10,
+    defect 1)."""
+    check(pg, lambda: asyncpg_prepares_ahead(pg), 20, extra=["-s", "8192"])
 
 
 def test_first_statement_of_new_connections_matches_server_log(pg):

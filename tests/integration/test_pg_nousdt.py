@@ -85,21 +85,5 @@ def test_parse_time_goes_to_its_statement(wheel_pg):
     offset differs in PG 18 (quirks.PG_PLANSOURCE_QUERY_STRING): asyncpg
     prepares in a round trip of its own and runs other statements before
     executing; each statement matches the server's parse + bind + execute."""
-    import asyncio
-    import asyncpg
-    from test_pg_fidelity import check
-    slow_parse = " UNION ALL ".join(f"SELECT {i} AS n" for i in range(300))
-
-    async def run():
-        conn = await asyncpg.connect(host=str(wheel_pg.sock), port=wheel_pg.port, user="postgres",
-                                     database="postgres")
-        try:
-            for _ in range(5):
-                stmt = await conn.prepare(slow_parse)
-                for i in range(3):
-                    assert await conn.fetchval("SELECT 1 + $1::int", i) == 1 + i
-                assert len(await stmt.fetch()) == 300
-        finally:
-            await conn.close()
-
-    check(wheel_pg, lambda: asyncio.run(run()), 20, extra=["-s", "8192"])
+    from test_pg_fidelity import asyncpg_prepares_ahead, check
+    check(wheel_pg, lambda: asyncpg_prepares_ahead(wheel_pg), 20, extra=["-s", "8192"])
