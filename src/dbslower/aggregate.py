@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 
 from dbslower import hist
-from dbslower.abi import format_error_code
-from dbslower.decode import EV_NO_TEXT, TEXT_MISSING
+from dbslower.abi import EV_NO_TEXT, format_error_code
+from dbslower.decode import TEXT_MISSING
 from dbslower.fingerprint import OPERATIONS, fingerprint, fingerprint_id
 
 QUANTILES = (0.50, 0.95, 0.99)

@@ -15,8 +15,7 @@ import re
 import struct
 import time
 
-from dbslower.abi import (EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, KIND_APP, KIND_EXIT, KIND_QUERY,  # noqa: F401
-                          KIND_SAMPLE, format_error_code)
+from dbslower.abi import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, KIND_EXIT, format_error_code
 from dbslower.discover import load_base, read_memory
 from dbslower.quirks import COM_NAMES
 

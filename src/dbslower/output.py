@@ -9,7 +9,8 @@ import json
 import os
 import time
 
-from dbslower.decode import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, PER_PROCESS_CACHE, TEXT_MISSING
+from dbslower.abi import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED
+from dbslower.decode import PER_PROCESS_CACHE, TEXT_MISSING
 
 # Control characters (C0, DEL, C1) would break the one-line-per-query table
 # or drive the terminal (ESC sequences): show them escaped instead.

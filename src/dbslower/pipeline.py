@@ -18,13 +18,12 @@ object with some of these methods (all optional):
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
-from dbslower.abi import add_buckets, add_stats
-from dbslower.abi import CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT
-from dbslower.decode import (KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder,
-                             RingReader, wait_readable)
-from dbslower.decode import parse_pg_title
-from dbslower.discover import read_memory
-from dbslower.discover import container_id, namespace_pid, pg_database_names, process_cwd, symbol_address
+from dbslower.abi import (CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT, KIND_APP,
+                          KIND_EXIT, KIND_QUERY, KIND_SAMPLE, add_buckets, add_stats)
+from dbslower.decode import (PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder, RingReader, parse_pg_title,
+                             wait_readable)
+from dbslower.discover import (container_id, namespace_pid, pg_database_names, process_cwd, read_memory,
+                               symbol_address)
 from dbslower.fingerprint import operation_name, redact
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
 

@@ -31,7 +31,7 @@ def test_decode_never_reads_past_the_record():
 
 
 def test_text_cut_inside_a_character_ends_at_the_last_whole_one():
-    from dbslower.decode import EV_TRUNCATED
+    from dbslower.abi import EV_TRUNCATED
     text = "SELECT 'añ€😀'".encode()
     for cut in range(len(text) + 1):
         buf = record(text[:cut], flags=EV_TRUNCATED)

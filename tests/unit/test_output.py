@@ -1,7 +1,8 @@
 import io
 import json
 
-from dbslower.decode import EV_FAILED, EV_TRUNCATED, Event
+from dbslower.abi import EV_FAILED, EV_TRUNCATED
+from dbslower.decode import Event
 from dbslower.output import JsonWriter, TableWriter, escape_control, event_dict
 
 

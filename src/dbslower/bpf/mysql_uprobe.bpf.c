@@ -59,6 +59,19 @@ static __always_inline int traced_command(u32 cmd)
 	return cmd == COM_QUERY || cmd == COM_STMT_EXECUTE || cmd == COM_STMT_BULK_EXECUTE;
 }
 
+/* Copies len bytes of statement text (not NUL-terminated) into ev. */
+static __always_inline void copy_counted(struct query_event *ev, const char *text, u64 len)
+{
+	if (len > TEXT_BYTES)
+		ev->flags |= EV_TRUNCATED;
+	u32 n = bounded_len(len);
+	if (bpf_probe_read_user(ev->text, n, text) < 0) {
+		ev->flags |= EV_NO_TEXT;
+		n = 0;
+	}
+	ev->text_len = n;
+}
+
 int my_dispatch_entry(struct pt_regs *ctx)
 {
 	FLOOR_RETURN();
@@ -181,16 +194,11 @@ int my_stmt_end(struct pt_regs *ctx)
 	return 0;
 }
 
-#if FINISH_AT_SLOW_LOG
-/* log_slow_statement(THD *thd): the server decides whether to slow-log the
- * statement that just ended, once per statement the slow log can show: each
- * statement of a multi-statement query, a CALL as a whole (sql/sql_parse.cc
- * dispatch_command; sql/sp_head.cc calls it for a procedure's own statements
- * only when log_slow_disabled_statements allows "sp"). The statement's
- * status, text and database are still in the THD. */
-int my_slow_log(struct pt_regs *ctx)
+/* The running statement is reported; in a COM_QUERY another statement of
+ * the same packet may follow, and it starts now (if none does, the next
+ * command starts afresh). */
+static __always_inline int report_running(struct pt_regs *ctx)
 {
-	FLOOR_RETURN();
 	u64 now = bpf_ktime_get_ns();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct my_inflight *v = inflight.lookup(&tid);
@@ -198,8 +206,6 @@ int my_slow_log(struct pt_regs *ctx)
 		return 0;
 	report_statement(v, now);
 	if (v->ev.command == COM_QUERY) {
-		/* Another statement of the same packet may follow: it starts now.
-		 * If none does, the next command starts afresh. */
 		v->state = MY_NEXT;
 		v->end_ns = 0;
 		v->ev.start_ns = now;
@@ -211,19 +217,25 @@ int my_slow_log(struct pt_regs *ctx)
 	digest_tail(ctx);
 	return 0;
 }
+
+#if FINISH_AT_SLOW_LOG
+/* log_slow_statement(THD *thd): the server decides whether to slow-log the
+ * statement that just ended, once per statement the slow log can show: each
+ * statement of a multi-statement query, a CALL as a whole (sql/sql_parse.cc
+ * dispatch_command; sql/sp_head.cc calls it for a procedure's own statements
+ * only when log_slow_disabled_statements allows "sp"). The statement's
+ * status, text and database are still in the THD. */
+int my_slow_log(struct pt_regs *ctx)
+{
+	FLOOR_RETURN();
+	return report_running(ctx);
+}
 #else
+/* dispatch_command's return, where log_slow_statement is not exported */
 int my_dispatch_return(struct pt_regs *ctx)
 {
 	FLOOR_RETURN();
-	u64 now = bpf_ktime_get_ns();
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct my_inflight *v = inflight.lookup(&tid);
-	if (!v || v->state == MY_IDLE)
-		return 0;
-	report_statement(v, now);
-	v->state = MY_IDLE;
-	digest_tail(ctx);
-	return 0;
+	return report_running(ctx);
 }
 #endif
 
