@@ -590,3 +590,9 @@ def main(argv=None):
             import traceback
             traceback.print_exc()
         return 1
+    finally:
+        # Done and detached. Python puts SIG_DFL back for its own handlers while
+        # the interpreter shuts down (not for SIG_IGN), so a Ctrl-C or SIGTERM
+        # landing then killed a clean exit with the signal (status -2 in CI).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -53,6 +53,7 @@ def test_pg_hist_counts_and_table(pg):
     assert doc["p50_ms"] <= doc["p95_ms"] <= doc["p99_ms"] <= doc["max_ms"]
     with Run(["postgres", "--hist", "-p", pg.pid, "1", "2"]) as run:
         pg.pgbench("-n", "-S", "-c", "1", "-T", "3")
+        run.proc.wait(timeout=60)  # it stops by itself after two intervals
     out = run.stdout
     assert out.count("usecs") == 2 and out.count("p50 ") == 2  # two intervals, then it stops
     assert run.returncode == 0
