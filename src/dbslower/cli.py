@@ -114,6 +114,10 @@ def build_parser(engine=True, add_help=True):
                    help="--digest: one row per fingerprint for all servers (default: per server)")
     p.add_argument("--redact", action="store_true",
                    help="replace every literal in the reported text with ? (bind values are never read)")
+    p.add_argument("--method", choices=["auto", "socket"], default="auto",
+                   help="postgres: 'socket' times each request at the backend's socket with syscall "
+                        "tracepoints (cheaper; includes reading and answering it; no --digest); "
+                        "'auto' (default) uses the server's USDT probes or exported functions")
     # bench/ only: attach the same probes with handlers that do nothing
     mode.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -399,7 +403,8 @@ def open_sources(args, stack, mode, engines, context=True):
     for engine, servers in found.items():
         plan, tracer = load_plan(engine, servers, binary=args.exe, pids=args.pids,
                                  threshold_ns=int(round(args.threshold * 1e6)) if mode != "top" else 0,
-                                 text_bytes=args.text_bytes, mode=mode)
+                                 text_bytes=args.text_bytes, mode=mode,
+                                 method=getattr(args, "method", "auto"))
         stack.callback(tracer.close)
         if args.verbose:
             _stderr(describe_plan(plan, tracer))

@@ -124,7 +124,22 @@ def _pg_target(binary, elf, run_pid, hits):
     if not cflags["PG_PARSE_SLOTS"]:
         notes.append("a Parse's time goes to the next statement executed, not to the statement it parsed "
                      f"({sym} not exported, or the version unknown)")
-    return method, reason, probes, cflags, notes, ["common.bpf.c", "postgres.bpf.c"]
+    return method, reason, probes, cflags, notes, ["common.bpf.c", "pg_context.bpf.c", "postgres.bpf.c"]
+
+
+def _pg_socket_target(binary, elf, run_pid, hits):
+    """--method socket: syscall tracepoints on the backends' recvfrom and
+    sendto (bpf/postgres_socket.bpf.c); no probe in the binary."""
+    hits.append("simple Query 5 syscall tracepoint hits (2 recvfrom entries and exits, one of them EAGAIN, "
+                "and a sendto entry); an extended-protocol Sync cycle the same 5, whatever its messages")
+    notes = ["latency includes reading the request and sending the response; an extended-protocol "
+             "cycle up to its Sync is one statement; TLS connections cannot be read (counted)"]
+    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", [], {}, notes,
+            ["common.bpf.c", "pg_context.bpf.c", "postgres_socket.bpf.c"])
+
+
+METHODS = ("auto", "socket")
+SOCKET_MODES = ("stream", "hist", "floor")
 
 
 def _pg_versioned(binary, table):
@@ -221,7 +236,7 @@ def _mysql_target(binary, elf, run_pid, hits):
             ["common.bpf.c", "mysql.bpf.c", "mysql_uprobe.bpf.c"])
 
 
-def plan_target(engine, path, servers, no_usdt=None):
+def plan_target(engine, path, servers, no_usdt=None, method="auto"):
     """Probe plan for one server binary and the running servers using it.
     no_usdt: why USDT probes cannot be used (they failed to enable), if so."""
     datadir = next((s.datadir for s in servers if s.datadir), "")
@@ -229,6 +244,8 @@ def plan_target(engine, path, servers, no_usdt=None):
     run_pid = servers[0].pid if servers and not no_usdt else 0
     with ElfFile(path) as elf:
         build = _pg_target if engine == "postgres" else _mysql_target
+        if method == "socket":
+            build = _pg_socket_target
         hits = []
         method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits)
         if no_usdt:
@@ -277,7 +294,18 @@ def _semaphores(elf, names):
 
 
 def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
-              text_bytes=1024, mode="stream", no_usdt=None):
+              text_bytes=1024, mode="stream", no_usdt=None, method="auto"):
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}", f"one of {', '.join(METHODS)}")
+    if method == "socket":
+        if engine != "postgres":
+            raise UsageError("--method socket is for PostgreSQL only")
+        if mode not in SOCKET_MODES:
+            raise UsageError("--method socket gives no text for some statements, so no digests",
+                             "use it for slow statements or --hist")
+        if binary:
+            raise UsageError("--method socket follows running servers' processes, not a binary (-x)",
+                             "use -p, or no filter")
     if text_bytes not in TEXT_BYTES_CHOICES:
         raise UsageError(f"text size {text_bytes} is not one of {', '.join(map(str, TEXT_BYTES_CHOICES))}")
     if threshold_ns < 0:
@@ -292,10 +320,12 @@ def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
     if binary and not by_binary:
         by_binary[binary] = []
         paths[binary] = binary
-    targets = [plan_target(engine, paths[k], group, no_usdt)
+    targets = [plan_target(engine, paths[k], group, no_usdt, method)
                for k, group in sorted(by_binary.items(), key=lambda kv: paths[kv[0]])]
     filter_pids = {}
-    if pids:
+    # The socket method's tracepoints fire for every process: it always
+    # follows the servers found, with their forks.
+    if pids or method == "socket":
         for s in servers:
             if engine == "postgres" and s.role == "server":
                 filter_pids[s.pid] = TRACE_INHERIT

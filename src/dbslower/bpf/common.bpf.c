@@ -101,23 +101,29 @@ static __always_inline u32 bounded_len(u64 len)
 	return len & (TEXT_BYTES * 2 - 1);
 }
 
-/* Copies a NUL-terminated string of user memory into ev->text, marking it
- * truncated only when there really was more (one byte past the buffer). */
-static __always_inline void copy_cstr(struct query_event *ev, const char *text)
+/* Copies a NUL-terminated string of user memory into dst (TEXT_BYTES + 1
+ * bytes), marking it truncated only when there really was more (one byte
+ * past the buffer). */
+static __always_inline void copy_user_str(char *dst, u32 *len, u8 *flags, const char *text)
 {
-	int n = bpf_probe_read_user_str(ev->text, TEXT_BYTES + 1, text);
+	int n = bpf_probe_read_user_str(dst, TEXT_BYTES + 1, text);
 	if (n <= 0) {
-		ev->text_len = 0;
-		ev->flags |= EV_NO_TEXT;
+		*len = 0;
+		*flags |= EV_NO_TEXT;
 		return;
 	}
-	ev->text_len = n - 1;
+	*len = n - 1;
 	if (n == TEXT_BYTES + 1) {
 		char more = 0;
 		bpf_probe_read_user(&more, 1, text + TEXT_BYTES);
 		if (more)
-			ev->flags |= EV_TRUNCATED;
+			*flags |= EV_TRUNCATED;
 	}
+}
+
+static __always_inline void copy_cstr(struct query_event *ev, const char *text)
+{
+	copy_user_str(ev->text, &ev->text_len, &ev->flags, text);
 }
 
 /* The benchmark's floor: the same probe sites, handlers that do nothing. */

@@ -194,25 +194,7 @@ static __always_inline int on_status(const char *text, int running)
 		v->ev.flags = 0;
 		v->ev.error_code = 0;
 		v->ev.text_len = 0;
-		v->ev.db_id = 0;
-		v->ev.server_id = 0;
-#if SERVER_IDS
-		struct proc_info *pp = procs.lookup(&tgid);
-		v->ev.app_ptr = 0;
-		if (pp) {
-			v->ev.server_id = pp->server_id;
-			if (pp->db_id_addr)
-				bpf_probe_read_user(&v->ev.db_id, sizeof(v->ev.db_id), (void *)pp->db_id_addr);
-			if (pp->app_name_addr)
-				bpf_probe_read_user(&v->ev.app_ptr, sizeof(v->ev.app_ptr), (void *)pp->app_name_addr);
-		}
-		if (v->ev.app_ptr != v->last_app_ptr) {
-			/* A new connection, or SET application_name: send the name
-			 * now, while the backend surely lives, once per change. */
-			v->last_app_ptr = v->ev.app_ptr;
-			send_note(KIND_APP, tgid, tid, v->ev.app_ptr, (const char *)v->ev.app_ptr);
-		}
-#endif
+		pg_context(&v->ev, &v->last_app_ptr, tgid, tid);
 	}
 	return 0;
 }

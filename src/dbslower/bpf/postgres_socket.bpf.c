@@ -1,0 +1,422 @@
+/*
+ * PostgreSQL, socket method (--method socket): a statement is a request on
+ * the backend's client socket, timed from the recvfrom() that brought it to
+ * the sendto() that carries its ReadyForQuery. Syscall tracepoints only, no
+ * uprobe: a simple-protocol statement costs 5 tracepoint hits (two recvfrom
+ * entries and exits, one of them EAGAIN, and a sendto entry) of about
+ * 0.11 us each here, against 4 uprobe hits of about 0.55 us.
+ *
+ * The wire protocol (PostgreSQL docs, "Frontend/Backend Protocol", message
+ * formats): every message after the startup packet is a type byte and a
+ * big-endian int32 length that counts itself. A backend reads with
+ * recv() into its 8 kB input buffer (src/backend/libpq/pqcomm.c,
+ * pq_recvbuf), and flushes its output with send() when it goes idle, so a
+ * response ends with ReadyForQuery, 'Z' len 5 and a status byte, at the end
+ * of one send().
+ *
+ * What it measures, against the server's own log_min_duration_statement:
+ * also the reading of the request and the sending of the response (a few
+ * microseconds), and an extended-protocol cycle (Parse/Bind/Execute/Sync) is
+ * one statement from its first message to its ReadyForQuery, where the log
+ * has a line per message. A request that executes nothing (Parse, Describe
+ * and Sync only; a password message) is not a statement.
+ *
+ * A request is a Query message, or the messages up to a Sync. Requests
+ * pipelined in one recv are followed from the message headers (at most
+ * SOCK_WALK_MSGS per recv; a request in a pipeline after the first has no
+ * text); a ReadyForQuery that no followed request explains is counted
+ * (CTR_UNFOLLOWED), as is a request that cannot be read (TLS).
+ *
+ * Text: a Query's, or a Parse's in the same request, read from the input
+ * buffer when the statement is reported. A Bind of a named prepared
+ * statement (pgbench -M prepared, pgjdbc after 5 executions, asyncpg) gets
+ * the text its Parse had: named Parses keep their text in `named`, keyed by
+ * backend and statement name.
+ *
+ * Errors: the message before ReadyForQuery is an ErrorResponse; its 'C'
+ * field is the SQLSTATE.
+ */
+
+#define SOCK_WALK_MSGS 16     /* message headers read per received batch */
+#define SOCK_REQS 8           /* pipelined requests followed per batch (a bit each) */
+#define SOCK_SCAN_BYTES 1024  /* an ErrorResponse is found within this many bytes before ReadyForQuery */
+#define STMT_NAME_BYTES 64    /* NAMEDATALEN */
+#define NAME_HASH_OFFSET 14695981039346656037ULL /* FNV-1a, 64 bit */
+#define NAME_HASH_PRIME 1099511628211ULL
+
+#define TEXT_NONE 0
+#define TEXT_IN_BATCH 1       /* a Query or Parse in the request: at batch + text_off */
+#define TEXT_NAMED 2          /* a Bind of a named statement: its name at batch + text_off */
+
+struct pg_sock {
+	u64 created_ns;   /* tells this backend's named statements from those of a dead one with its PID */
+	u64 recv_buf;     /* recvfrom's buffer, between its entry and its exit */
+	u64 batch;        /* the current request's first message (user memory) */
+	u64 last_app_ptr;
+	u32 recv_fd;
+	u32 conn_fd;      /* the client socket: the fd the last request came on */
+	u32 text_off;
+	u32 exec_mask;    /* bit i: pending request i executes something */
+	u8 pending;       /* requests received and not yet answered */
+	u8 busy;          /* pending > 0 */
+	u8 text_kind;     /* TEXT_* of the request in flight */
+	u8 seen_request;  /* a ReadyForQuery before any request is the startup's */
+	u8 pad[4];
+	struct query_event ev;
+};
+
+struct named_key {
+	u32 tgid;
+	u32 pad;
+	u64 name_hash;
+};
+
+struct named_text {
+	u64 owner;        /* pg_sock.created_ns of the backend that parsed it */
+	u32 text_len;
+	u8 flags;
+	u8 pad[3];
+	char text[TEXT_BYTES + 1];
+};
+
+BPF_HASH(sock_state, u32, struct pg_sock, INFLIGHT_ENTRIES);
+BPF_PERCPU_ARRAY(sock_zero, struct pg_sock, 1);
+/* Named prepared statements: pgjdbc keeps up to 256 per connection, pgbench
+ * one per script line; 8192 covers dozens of pooled connections at once,
+ * and the least recently used go first (their executions then have no
+ * text). Entries of a backend that exits are not deleted: a new backend
+ * with the same PID parses a statement before using it, and `owner` tells
+ * the entries apart. */
+BPF_TABLE("lru_hash", struct named_key, struct named_text, named, 8192);
+BPF_PERCPU_ARRAY(named_scratch, struct named_text, 1);
+struct scan_buf {
+	char b[SOCK_SCAN_BYTES];
+	u32 at;     /* where the message before ReadyForQuery starts */
+	char type;  /* its type; 0: not found */
+};
+BPF_PERCPU_ARRAY(scan_scratch, struct scan_buf, 1);
+
+static __always_inline int frontend_type(u8 t)
+{
+	switch (t) {
+	case 'Q': case 'P': case 'B': case 'E': case 'D': case 'S': case 'H':
+	case 'C': case 'F': case 'X': case 'd': case 'c': case 'f': case 'p':
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline u32 be32(const u8 *b)
+{
+	return ((u32)b[0] << 24) | ((u32)b[1] << 16) | ((u32)b[2] << 8) | b[3];
+}
+
+static __always_inline u64 name_hash(const char *user_name)
+{
+	char name[STMT_NAME_BYTES] = {};
+	bpf_probe_read_user_str(name, sizeof(name), user_name);
+	u64 h = NAME_HASH_OFFSET;
+	for (int i = 0; i < STMT_NAME_BYTES; i++) {
+		if (!name[i])
+			break;
+		h = (h ^ (u8)name[i]) * NAME_HASH_PRIME;
+	}
+	return h;
+}
+
+/* A named Parse: keep its text for the Binds that use the name. */
+static __always_inline void keep_named(struct pg_sock *v, u32 tgid, const char *name, const char *text)
+{
+	u32 zero = 0;
+	struct named_text *t = named_scratch.lookup(&zero);
+	if (!t)
+		return;
+	t->owner = v->created_ns;
+	t->flags = 0;
+	copy_user_str(t->text, &t->text_len, &t->flags, text);
+	struct named_key k = {.tgid = tgid, .name_hash = name_hash(name)};
+	named.update(&k, t);
+}
+
+static __always_inline void start_request(struct pg_sock *v, u64 now, u32 tgid, u32 tid)
+{
+	v->ev.start_ns = now;
+	v->ev.pid = tgid;
+	v->ev.tid = tid;
+	v->ev.flags = 0;
+	v->ev.error_code = 0;
+	v->ev.text_len = 0;
+	pg_context(&v->ev, &v->last_app_ptr, tgid, tid);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+{
+	FLOOR_RETURN();
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	if (!pid_traced(tgid))
+		return 0;
+	struct pg_sock *v = sock_state.lookup(&tid);
+	if (!v) {
+		u32 zero = 0;
+		struct pg_sock *init = sock_zero.lookup(&zero);
+		if (!init)
+			return 0;
+		if (sock_state.update(&tid, init) != 0) {
+			count(CTR_INFLIGHT_FULL);
+			return 0;
+		}
+		v = sock_state.lookup(&tid);
+		if (!v)
+			return 0;
+		v->created_ns = bpf_ktime_get_ns();
+	}
+#if MODE != MODE_HIST
+	if (v->busy && v->text_kind == TEXT_IN_BATCH && !v->ev.text_len) {
+		/* More input during a request (COPY data, a message longer
+		 * than the buffer): it may land where the text is. */
+		copy_cstr(&v->ev, (const char *)(v->batch + v->text_off));
+		v->text_kind = TEXT_NONE;
+	}
+#endif
+	v->recv_buf = (u64)args->ubuf;
+	v->recv_fd = args->fd;
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+{
+	FLOOR_RETURN();
+	long ret = args->ret;
+	if (ret <= 0)
+		return 0; /* EAGAIN: the backend is about to wait for its client */
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct pg_sock *v = sock_state.lookup(&tid);
+	if (!v || v->busy)
+		return 0;
+	const u8 *buf = (const u8 *)v->recv_buf;
+	u8 h[5] = {};
+	bpf_probe_read_user(h, sizeof(h), buf);
+	if (!frontend_type(h[0])) {
+		/* The startup packet starts with its length's high byte, 0;
+		 * a TLS record with 20-23. */
+		if (h[0] >= 20 && h[0] <= 23)
+			count(CTR_UNFOLLOWED);
+		return 0;
+	}
+	/* Walk the headers: which messages end requests, which execute. */
+	u32 pos = 0, reqs = 0, mask = 0, executes = 0;
+	for (int i = 0; i < SOCK_WALK_MSGS; i++) {
+		if (pos + 5 > ret || reqs >= SOCK_REQS)
+			break;
+		if (i > 0)
+			bpf_probe_read_user(h, sizeof(h), buf + pos);
+		u8 t = h[0];
+		if (t == 'Q' || t == 'E')
+			executes = 1;
+		if (t == 'Q' || t == 'S') {
+			if (executes)
+				mask |= 1u << (reqs & 31);
+			reqs++;
+			executes = 0;
+		}
+		pos += 1 + be32(h + 1);
+	}
+	if (pos < ret && reqs < SOCK_REQS) {
+		/* More than the walk reads: one more request, assumed to execute. */
+		mask |= 1u << (reqs & 31);
+		reqs++;
+	}
+	if (!reqs)
+		return 0; /* no Sync yet (a message split over reads): not followed */
+	u64 now = bpf_ktime_get_ns();
+	u32 tgid = id >> 32;
+	v->batch = (u64)buf;
+	v->conn_fd = v->recv_fd;
+	v->pending = reqs;
+	v->exec_mask = mask;
+	v->busy = 1;
+	v->seen_request = 1;
+	v->text_kind = TEXT_NONE;
+	v->text_off = 0;
+	bpf_probe_read_user(h, sizeof(h), buf);
+	if (h[0] == 'Q') {
+		v->text_kind = TEXT_IN_BATCH;
+		v->text_off = 5;
+	} else if (h[0] == 'P' || h[0] == 'B') {
+		char name[STMT_NAME_BYTES] = {};
+		int n = bpf_probe_read_user_str(name, sizeof(name), buf + 5);
+		if (n <= 0)
+			n = 1;
+		if (h[0] == 'P') {
+			/* Parse: statement name, then the query */
+			v->text_kind = TEXT_IN_BATCH;
+			v->text_off = 5 + n;
+			if (n > 1)
+				keep_named(v, tgid, (const char *)(buf + 5), (const char *)(buf + 5 + n));
+		} else {
+			/* Bind: portal name, then the statement's */
+			v->text_kind = TEXT_NAMED;
+			v->text_off = 5 + n;
+		}
+	}
+	start_request(v, now, tgid, tid);
+	return 0;
+}
+
+/* The request's text into ev, when it is reported. */
+static __always_inline void fill_text(struct pg_sock *v, u32 tgid)
+{
+	if (v->ev.text_len)
+		return; /* copied when more input arrived */
+	const char *at = (const char *)(v->batch + v->text_off);
+	if (v->text_kind == TEXT_IN_BATCH) {
+		copy_cstr(&v->ev, at);
+		return;
+	}
+	if (v->text_kind == TEXT_NAMED) {
+		struct named_key k = {.tgid = tgid, .name_hash = name_hash(at)};
+		struct named_text *t = named.lookup(&k);
+		if (t && t->owner == v->created_ns) {
+			bpf_probe_read_kernel_str(v->ev.text, TEXT_BYTES + 1, t->text);
+			v->ev.text_len = t->text_len;
+			v->ev.flags |= t->flags;
+			return;
+		}
+	}
+	v->ev.flags |= EV_NO_TEXT;
+}
+
+/* The message before ReadyForQuery (at z in buf) is an ErrorResponse or a
+ * NoticeResponse when the two bytes before z are zero (the end of its last
+ * field and of its field list). Finds the one whose length ends exactly at
+ * z and, for an ErrorResponse, marks the statement failed with its code. */
+static __always_inline void scan_error(struct pg_sock *v, const u8 *buf, u32 z)
+{
+	u32 zero = 0;
+	struct scan_buf *sb = scan_scratch.lookup(&zero);
+	if (!sb)
+		return;
+	char *w = sb->b;
+	u64 n = z < SOCK_SCAN_BYTES - 1 ? z : SOCK_SCAN_BYTES - 1;
+	asm volatile("" : "+r"(n)); /* keep the mask for the verifier (see bounded_len) */
+	n &= SOCK_SCAN_BYTES - 1;
+	if (n < 8)
+		return;
+	if (bpf_probe_read_user(w, n, buf + z - n) != 0)
+		return;
+	u32 at = 0;
+	char type = 0;
+	for (u32 k = 5; k < SOCK_SCAN_BYTES; k++) {
+		if (k > n)
+			break;
+		u32 i = (n - k) & (SOCK_SCAN_BYTES - 1);
+		char t = w[i];
+		if (t != 'E' && t != 'N')
+			continue;
+		u8 len[4];
+		for (int j = 0; j < 4; j++)
+			len[j] = w[(i + 1 + j) & (SOCK_SCAN_BYTES - 1)];
+		if (be32(len) == k - 1) {
+			at = i;
+			type = t;
+			break;
+		}
+	}
+	/* Through map memory, which the verifier does not track: otherwise
+	 * each iteration that can break out is a separate state for the field
+	 * search below, and the verifier's budget runs out. */
+	volatile u32 *vat = &sb->at;
+	volatile char *vtype = &sb->type;
+	*vat = at;
+	*vtype = type;
+	at = *vat;
+	if (*vtype != 'E')
+		return; /* a NoticeResponse, or none found */
+	at &= SOCK_SCAN_BYTES - 1;
+	v->ev.flags |= EV_FAILED;
+	v->ev.error_code = ERROR_CODE_UNKNOWN;
+	/* Fields: a type byte and a string each; 'C' is the SQLSTATE, after
+	 * the severity fields. */
+	for (u32 f = at + 6; f < at + 6 + 64; f++) {
+		if (w[(f - 1) & (SOCK_SCAN_BYTES - 1)] != 0 || w[f & (SOCK_SCAN_BYTES - 1)] != 'C')
+			continue;
+		if (w[(f + 6) & (SOCK_SCAN_BYTES - 1)] != 0)
+			continue;
+		u32 code = 0;
+		for (int c = 0; c < 5; c++)
+			code |= ((u32)(w[(f + 1 + c) & (SOCK_SCAN_BYTES - 1)] - '0') & 0x3F) << (6 * c);
+		v->ev.error_code = code;
+		break;
+	}
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+{
+	FLOOR_RETURN();
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct pg_sock *v = sock_state.lookup(&tid);
+	if (!v || args->fd != v->conn_fd || !v->seen_request)
+		return 0;
+	u64 len = args->len;
+	if (len < 6 || len > (1u << 30))
+		return 0;
+	const u8 *buf = (const u8 *)args->buff;
+	/* The last 8 bytes (6 of a lone ReadyForQuery, at tail + 2). */
+	u8 tail[8] = {};
+	if (len >= 8)
+		bpf_probe_read_user(tail, 8, buf + len - 8);
+	else
+		bpf_probe_read_user(tail + 2, 6, buf + len - 6);
+	int ready = tail[2] == 'Z' && !tail[3] && !tail[4] && !tail[5] && tail[6] == 5;
+	if (!v->busy) {
+		if (ready)
+			count(CTR_UNFOLLOWED);
+		return 0;
+	}
+	/* An ErrorResponse is flushed as soon as it is queued (elog.c,
+	 * send_message_to_frontend), so it ends a send of its own or comes
+	 * just before ReadyForQuery; either way its last two bytes are 0. */
+	if (ready && len >= 8 && !tail[0] && !tail[1])
+		scan_error(v, buf, len - 6);
+	else if (!ready && !tail[6] && !tail[7])
+		scan_error(v, buf, len);
+	if (!ready)
+		return 0; /* more of the response follows */
+	u64 now = bpf_ktime_get_ns();
+	u32 tgid = id >> 32;
+	if (v->exec_mask & 1) {
+		v->ev.duration_ns = now - v->ev.start_ns;
+#if MODE != MODE_HIST
+		if (v->ev.duration_ns >= THRESHOLD_NS)
+			fill_text(v, tgid);
+#endif
+		finish_statement(&v->ev);
+	}
+	v->exec_mask >>= 1;
+	v->pending--;
+	if (v->pending) {
+		/* The next pipelined request starts now; its text is not known. */
+		v->text_kind = TEXT_NONE;
+		start_request(v, now, tgid, tid);
+	} else {
+		v->busy = 0;
+	}
+	return 0;
+}
+
+static __always_inline int engine_thread_exit(u32 tid)
+{
+	struct pg_sock *v = sock_state.lookup(&tid);
+	if (!v)
+		return 0;
+	int open = v->busy && (v->exec_mask & 1);
+	sock_state.delete(&tid);
+	return open;
+}
+
+static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp)
+{
+}
