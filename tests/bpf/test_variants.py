@@ -24,16 +24,22 @@ def mysql57():
     yield from running("mysql57_abi.cc", "g++")
 
 
-def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None):
+SOCKET_PROGRAMS = ["tracepoint__syscalls__sys_enter_recvfrom", "tracepoint__syscalls__sys_exit_recvfrom",
+                   "tracepoint__syscalls__sys_enter_sendto"]
+
+
+def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None, method="auto"):
     from dbslower.load import Tracer
     from dbslower.plan import make_plan
     plan = make_plan(engine, servers, pids=[s.pid for s in servers] if filter_pids else None,
-                     threshold_ns=0, text_bytes=text_bytes, mode=mode, no_usdt=no_usdt)
+                     threshold_ns=0, text_bytes=text_bytes, mode=mode, no_usdt=no_usdt, method=method)
     with Tracer(plan) as tracer:
         sizes = {}
         from dbslower.plan import DIGEST_MODES
         for lt in tracer.loaded:
             fns = [p.fn for p in lt.target.probes] + (["fp_chunk"] if mode in DIGEST_MODES else [])
+            if method == "socket":
+                fns += SOCKET_PROGRAMS
             for fn in fns:
                 sizes[fn] = len(lt.bpf.dump_func(fn.encode())) // 8
         print(f"{engine} {plan.targets[0].method} {mode} {text_bytes} filter={filter_pids}: "
@@ -51,6 +57,26 @@ def test_postgres_variants(pg, mode, text_bytes):
         for filter_pids in (False, True):
             got, sizes = load("postgres", servers, mode, text_bytes, filter_pids, no_usdt)
             assert got == method and sizes
+
+
+@pytest.mark.parametrize("mode", ["stream", "hist", "floor"])
+@pytest.mark.parametrize("text_bytes", [1024, 8192])
+def test_postgres_socket_variants(pg, mode, text_bytes):
+    require_root()
+    from dbslower.discover import find_servers
+    servers = find_servers("postgres", pids=[pg.pid])
+    for filter_pids in (False, True):  # the socket method filters by PID either way
+        got, sizes = load("postgres", servers, mode, text_bytes, filter_pids, method="socket")
+        assert got == "socket" and set(sizes) == set(SOCKET_PROGRAMS)
+
+
+@pytest.mark.parametrize("mode", ["digest", "top", "serve"])
+def test_postgres_socket_refuses_digests(pg, mode):
+    from dbslower.discover import find_servers
+    from dbslower.errors import UsageError
+    from dbslower.plan import make_plan
+    with pytest.raises(UsageError):
+        make_plan("postgres", find_servers("postgres", pids=[pg.pid]), mode=mode, method="socket")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -19,7 +19,9 @@
  * microseconds), and an extended-protocol cycle (Parse/Bind/Execute/Sync) is
  * one statement from its first message to its ReadyForQuery, where the log
  * has a line per message. A request that executes nothing (Parse, Describe
- * and Sync only; a password message) is not a statement.
+ * and Sync only; a password message) is not a statement, unless it fails;
+ * the time of a Parse sent on its own goes to the first request that binds
+ * its statement, as the server's log lines add up.
  *
  * A request is a Query message, or the messages up to a Sync. Requests
  * pipelined in one recv are followed from the message headers (at most
@@ -53,6 +55,9 @@ struct pg_sock {
 	u64 recv_buf;     /* recvfrom's buffer, between its entry and its exit */
 	u64 batch;        /* the current request's first message (user memory) */
 	u64 last_app_ptr;
+	u64 parse_hash;   /* a request that only parsed: its statement's name... */
+	u64 parse_ns;     /* ...and its time, added to the first request that binds that name */
+	u64 added_ns;     /* the current request's share of such a parse */
 	u32 recv_fd;
 	u32 conn_fd;      /* the client socket: the fd the last request came on */
 	u32 text_off;
@@ -61,7 +66,8 @@ struct pg_sock {
 	u8 busy;          /* pending > 0 */
 	u8 text_kind;     /* TEXT_* of the request in flight */
 	u8 seen_request;  /* a ReadyForQuery before any request is the startup's */
-	u8 pad[4];
+	u8 walk_executes; /* scratch of the header walk */
+	u8 pad[3];
 	struct query_event ev;
 };
 
@@ -149,6 +155,15 @@ static __always_inline void start_request(struct pg_sock *v, u64 now, u32 tgid, 
 	pg_context(&v->ev, &v->last_app_ptr, tgid, tid);
 }
 
+static __always_inline void end_request(struct pg_sock *v, u64 now)
+{
+	u64 ns = now - v->ev.start_ns;
+	if (!(v->exec_mask & 1) && v->parse_hash && !v->parse_ns)
+		v->parse_ns = ns;
+	v->ev.duration_ns = ns + v->added_ns;
+	v->added_ns = 0;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
 {
 	FLOOR_RETURN();
@@ -205,37 +220,45 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 			count(CTR_UNFOLLOWED);
 		return 0;
 	}
-	/* Walk the headers: which messages end requests, which execute. */
-	u32 pos = 0, reqs = 0, mask = 0, executes = 0;
+	/* Walk the headers: which messages end requests, which execute. The
+	 * tallies live in map memory, which the verifier does not track:
+	 * in registers, each combination of them would be a separate
+	 * verifier state and the loop would exhaust its budget. */
+	volatile u8 *reqs = &v->pending;
+	volatile u32 *mask = &v->exec_mask;
+	volatile u8 *executes = &v->walk_executes;
+	*reqs = 0;
+	*mask = 0;
+	*executes = 0;
+	u32 pos = 0;
 	for (int i = 0; i < SOCK_WALK_MSGS; i++) {
-		if (pos + 5 > ret || reqs >= SOCK_REQS)
+		if (pos + 5 > ret || *reqs >= SOCK_REQS)
 			break;
 		if (i > 0)
 			bpf_probe_read_user(h, sizeof(h), buf + pos);
 		u8 t = h[0];
 		if (t == 'Q' || t == 'E')
-			executes = 1;
+			*executes = 1;
 		if (t == 'Q' || t == 'S') {
-			if (executes)
-				mask |= 1u << (reqs & 31);
-			reqs++;
-			executes = 0;
+			if (*executes)
+				*mask |= 1u << (*reqs & 31);
+			*reqs += 1;
+			*executes = 0;
 		}
 		pos += 1 + be32(h + 1);
 	}
-	if (pos < ret && reqs < SOCK_REQS) {
+	if (pos < ret && *reqs < SOCK_REQS) {
 		/* More than the walk reads: one more request, assumed to execute. */
-		mask |= 1u << (reqs & 31);
-		reqs++;
+		*mask |= 1u << (*reqs & 31);
+		*reqs += 1;
 	}
-	if (!reqs)
+	if (!*reqs)
 		return 0; /* no Sync yet (a message split over reads): not followed */
+	u32 first_executes = *mask & 1;
 	u64 now = bpf_ktime_get_ns();
 	u32 tgid = id >> 32;
 	v->batch = (u64)buf;
 	v->conn_fd = v->recv_fd;
-	v->pending = reqs;
-	v->exec_mask = mask;
 	v->busy = 1;
 	v->seen_request = 1;
 	v->text_kind = TEXT_NONE;
@@ -255,10 +278,22 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 			v->text_off = 5 + n;
 			if (n > 1)
 				keep_named(v, tgid, (const char *)(buf + 5), (const char *)(buf + 5 + n));
+			if (!first_executes) {
+				/* A Parse in a round trip of its own (drivers that
+				 * prepare ahead): its time goes to the statement,
+				 * as the server's parse + bind + execute lines do. */
+				v->parse_hash = name_hash((const char *)(buf + 5));
+				v->parse_ns = 0;
+			}
 		} else {
 			/* Bind: portal name, then the statement's */
 			v->text_kind = TEXT_NAMED;
 			v->text_off = 5 + n;
+			if (v->parse_ns && name_hash((const char *)(buf + 5 + n)) == v->parse_hash) {
+				v->added_ns = v->parse_ns;
+				v->parse_ns = 0;
+				v->parse_hash = 0;
+			}
 		}
 	}
 	start_request(v, now, tgid, tid);
@@ -387,8 +422,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 		return 0; /* more of the response follows */
 	u64 now = bpf_ktime_get_ns();
 	u32 tgid = id >> 32;
-	if (v->exec_mask & 1) {
-		v->ev.duration_ns = now - v->ev.start_ns;
+	end_request(v, now);
+	/* A request that executes nothing is not a statement, unless it
+	 * failed: then the client's statement failed at its Parse. */
+	if ((v->exec_mask & 1) || (v->ev.flags & EV_FAILED)) {
 #if MODE != MODE_HIST
 		if (v->ev.duration_ns >= THRESHOLD_NS)
 			fill_text(v, tgid);

@@ -1,0 +1,96 @@
+"""PostgreSQL's socket method (--method socket) against the server's own
+log_min_duration_statement=0 log and the clients' own counts: every
+statement the server logged is reported once, with its text (named prepared
+statements included) and its status, and its latency is the server's plus
+the reading and answering of the request, which is never negative and small.
+"""
+
+import statistics
+
+import pytest
+
+from helpers import Run
+from lab.logs import compare, parse_pg_log
+
+pytestmark = pytest.mark.integration
+
+# The reading of a request and the sending of its answer, which the socket
+# method counts and the server's log does not: a median of 6-12 us and a
+# 99th percentile of 30-60 us here (see README, "The socket method").
+MEDIAN_EXTRA_MS = 0.050
+NOISE_MS = 0.005  # the two clocks are read in different places; rounding of the log's 3 decimals
+
+
+def logged_and_seen(pg, workload, extra=()):
+    log = pg.log_statements(True)
+    start = log.stat().st_size
+    try:
+        with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-p", pg.pid, *extra]) as run:
+            workload()
+    finally:
+        pg.log_statements(False)
+    with open(log, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        logged = parse_pg_log(f.read())
+
+    def ours(q):
+        return not any(s in q for s in ("log_min_duration_statement", "pg_reload_conf", "log_line_prefix"))
+    events = [e for e in run.events() if ours(e["query"])]
+    return [entry for entry in logged if ours(entry.query)], events, run
+
+
+def extra_ms(pairs):
+    return [ev["duration_ms"] - entry.duration_ms for entry, ev in pairs]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
+def test_socket_method_matches_server_log(pg, protocol):
+    logged, events, run = logged_and_seen(pg, lambda: pg.pgbench("-n", "-M", protocol, "-c", "2", "-t", "100"))
+    pairs, problems = compare(logged, events, key="pid")
+    assert not problems, problems[:10]
+    assert len(pairs) >= 2 * 100 * 7
+    assert "lost" not in run.stderr and "not followed" not in run.stderr, run.stderr
+    extra = extra_ms(pairs)
+    # Never shorter than the server's own figure...
+    assert min(extra) >= -NOISE_MS, sorted(extra)[:5]
+    # ...and longer only by the request's reading and answering.
+    assert 0 < statistics.median(extra) <= MEDIAN_EXTRA_MS, statistics.median(extra)
+    print(f"{protocol}: {len(pairs)} statements, socket - log: median {statistics.median(extra) * 1000:.1f} us, "
+          f"p99 {sorted(extra)[len(extra) * 99 // 100] * 1000:.1f} us, max {max(extra) * 1000:.1f} us")
+
+
+def test_socket_method_statuses_and_codes(pg):
+    import psycopg
+    conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
+    codes = []
+
+    def workload():
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for sql in ("SELECT 1/0", "SELECT * FROM no_such_table_here", "SELECT 'x'::int"):
+                for prepare in (False, True):  # simple-ish and extended protocol
+                    try:
+                        conn.execute(sql, prepare=prepare)
+                    except psycopg.Error as e:
+                        codes.append(e.sqlstate)
+            conn.execute("DO $$BEGIN RAISE NOTICE 'only a notice'; END$$")
+            conn.execute("SELECT pg_sleep(0.01)")
+
+    with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-p", pg.pid]) as run:
+        workload()
+    events = run.events()
+    failed = [e for e in events if e["status"] == "error"]
+    assert [e["error_code"] for e in failed] == codes and len(codes) == 6
+    ok = {e["query"]: e for e in events if e["status"] == "ok"}
+    assert "DO $$BEGIN RAISE NOTICE 'only a notice'; END$$" in ok  # a notice is not an error
+    assert ok["SELECT pg_sleep(0.01)"]["duration_ms"] >= 10
+
+
+def test_socket_method_hist_counts_pgbench(pg):
+    import re
+    with Run(["postgres", "--method", "socket", "--hist", "-j", "-p", pg.pid]) as run:
+        out = pg.pgbench("-n", "-S", "-M", "prepared", "-c", "2", "-t", "1500")
+    doc = run.events()[-1]
+    # pgbench's own count of transactions, plus its few setup statements
+    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    assert done == 3000
+    assert done <= doc["count"] <= done + 10 and doc["lost"] == 0
