@@ -33,8 +33,14 @@ OURS = {
     "stream": ["-m", "0", "-j"],
     "digest": ["--digest", "-j"],
     "hist": ["--hist", "-j"],
+    # PostgreSQL only: the socket method (syscall tracepoints)
+    "socket-floor": ["--method", "socket", "--floor"],
+    "socket-filter": ["--method", "socket", "-m", "100000"],
+    "socket-stream": ["--method", "socket", "-m", "0", "-j"],
+    "socket-hist": ["--method", "socket", "--hist", "-j"],
 }
-CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "serve", "bcc", "serverlog"]
+CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "serve", "bcc", "serverlog",
+              "socket-floor", "socket-filter", "socket-stream", "socket-hist"]
 SERVE_PORT = 19479
 FP = {"mariadb-point": "select c from sbtest? where id=?",
       "pg-simple": "select abalance from pgbench_accounts where aid = ?",
@@ -221,12 +227,12 @@ class Bench:
             row["events"] = int(float(m.group(1))) if m else 0
             lost = int(sum(float(x) for x in re.findall(r"^dbslower_events_lost_total\{[^}]*\} (\S+)",
                                                           scraper.last, re.M)))
-        elif cond in ("stream", "bcc"):
+        elif cond in ("stream", "bcc", "socket-stream"):
             row["events"] = text.count(needle)
-        elif cond in ("digest", "hist"):
+        elif cond in ("digest", "hist", "socket-hist"):
             doc = json.loads(text.strip().splitlines()[-1])
             lost = doc.get("lost", 0)
-            if cond == "hist":
+            if cond.endswith("hist"):
                 row["events"] = doc["count"]
             else:
                 row["events"] = sum(r["calls"] for r in doc["rows"] if r["fingerprint"] == FP[workload])
@@ -269,6 +275,8 @@ class Bench:
         return statistics.mean(traced), row, t_ready
 
     def measure(self, workload, cond):
+        if cond.startswith("socket-") and not workload.startswith("pg-"):
+            return None  # the socket method is PostgreSQL's
         if cond == "bcc" and workload.startswith("pg-"):
             if workload != "pg-simple":
                 return None  # bcc's tool sees only the simple protocol
@@ -354,14 +362,16 @@ class Bench:
                  "|---|---|---|---|---|---|---|---|---|---|"]
         for workload in self.args.workloads:
             rows = [r for r in self.results if r["workload"] == workload]
-            floor = [r["ratio"] for r in rows if r["condition"] == "floor"]
-            floor_ratio = statistics.median(floor) if floor else None
             for cond in self.args.conditions:
                 rs = [r for r in rows if r["condition"] == cond]
                 if not rs:
                     continue
+                # each method against its own floor (same probes, empty handlers)
+                own_floor = "socket-floor" if cond.startswith("socket-") else "floor"
+                floor = [r["ratio"] for r in rows if r["condition"] == own_floor]
+                floor_ratio = statistics.median(floor) if floor else None
                 ratio = statistics.median(r["ratio"] for r in rs)
-                vs_floor = f"{ratio / floor_ratio:.3f}" if floor_ratio and cond != "floor" else "-"
+                vs_floor = f"{ratio / floor_ratio:.3f}" if floor_ratio and cond != own_floor else "-"
                 ev = [(r.get("events"), r.get("statements")) for r in rs]
                 evs = ", ".join(f"{e}/{s}" for e, s in ev if e is not None and s) or "-"
                 lost = ", ".join(str(r["lost"]) for r in rs if "lost" in r) or "-"

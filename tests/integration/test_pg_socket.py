@@ -94,3 +94,26 @@ def test_socket_method_hist_counts_pgbench(pg):
     done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
     assert done == 3000
     assert done <= doc["count"] <= done + 10 and doc["lost"] == 0
+
+
+def test_socket_method_copy_and_long_text(pg):
+    """More input during a request (COPY data; a Query longer than the
+    backend's 8 kB input buffer) reuses the buffer the text is read from."""
+    import psycopg
+    conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
+    long_sql = "SELECT " + " + ".join(["1"] * 4000) + " AS long_sum"  # 16 kB of text
+    with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-s", "8192", "-p", pg.pid]) as run:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("CREATE TEMP TABLE socket_copy (n int, t text)")
+            with conn.cursor().copy("COPY socket_copy FROM STDIN") as copy:
+                for i in range(20000):
+                    copy.write_row((i, "x" * 40))
+            n = conn.execute("SELECT count(*) FROM socket_copy").fetchone()[0]
+            assert conn.execute(long_sql).fetchone()[0] == 4000
+    assert n == 20000
+    queries = [e["query"] for e in run.events()]
+    assert "COPY socket_copy FROM STDIN" in queries
+    assert "SELECT count(*) FROM socket_copy" in queries
+    long_ev = [e for e in run.events() if e["query"].startswith("SELECT 1 + 1")]
+    assert len(long_ev) == 1 and long_ev[0]["truncated"] and long_ev[0]["query"] == long_sql[:8192]
+    assert "not followed" not in run.stderr
