@@ -19,6 +19,11 @@ from lab.servers import MariaServer, PgServer  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
 MODES = {"filter": ["-m", "100000"], "digest": ["--digest"], "serve": ["serve", "--listen", "127.0.0.1:19557"]}
+# PostgreSQL's socket method: its syscall tracepoints also run for every
+# other process's recvfrom/sendto (pgbench's too), and that time counts here.
+SOCKET_MODES = {"socket-filter": ["--method", "socket", "-m", "100000"],
+                "socket-hist": ["--method", "socket", "--hist"]}
+SOCKET_PREFIX = "tracepoint__sys"  # bpftool shows 15 characters of tracepoint__syscalls__sys_*
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
@@ -35,7 +40,7 @@ def _programs(prefix):
 
 
 def _traced(engine, pid, mode, prefix, workload):
-    args = MODES[mode] if mode == "serve" else [engine] + MODES[mode]
+    args = MODES[mode] if mode == "serve" else [engine] + {**MODES, **SOCKET_MODES}[mode]
     p = subprocess.Popen([sys.executable, "-m", "dbslower"] + args + ["-p", str(pid)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -64,12 +69,13 @@ def main(seconds=4):
         with PgServer() as pg:
             pg.pgbench("-i", "-s", "1", "-q")
             for proto in ("simple", "extended", "prepared"):
-                for mode in MODES:
+                for mode in [*MODES, *SOCKET_MODES]:
                     def run():
                         out = pg.pgbench("-n", "-S", "-M", proto, "-c", "2", "-T", str(seconds))
                         return int(next(line for line in out.splitlines()
                                         if "number of transactions actually processed" in line).split(":")[1].split("/")[0])
-                    progs, n = _traced("postgres", pg.pid, mode, "pg_", run)
+                    prefix = SOCKET_PREFIX if mode in SOCKET_MODES else "pg_"
+                    progs, n = _traced("postgres", pg.pid, mode, prefix, run)
                     rows.append(_row(f"pg-{proto}", mode, progs, n))
         with MariaServer() as maria:
             maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
