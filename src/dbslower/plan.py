@@ -24,7 +24,7 @@ TRACE_SELF, TRACE_INHERIT = 1, 2
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str      # "usdt", "uprobe" or "uretprobe"
+    kind: str      # "usdt", "uprobe", "uretprobe" or "tracepoint" (attached by bcc on load)
     site: str      # USDT probe name or symbol
     fn: str        # BPF function
 
@@ -130,11 +130,14 @@ def _pg_target(binary, elf, run_pid, hits):
 def _pg_socket_target(binary, elf, run_pid, hits):
     """--method socket: syscall tracepoints on the backends' recvfrom and
     sendto (bpf/postgres_socket.bpf.c); no probe in the binary."""
-    hits.append("simple Query 5 syscall tracepoint hits (2 recvfrom entries and exits, one of them EAGAIN, "
-                "and a sendto entry); an extended-protocol Sync cycle the same 5, whatever its messages")
+    hits.append("3 syscall tracepoint hits for a simple Query or an extended-protocol Sync cycle, whatever "
+                "its messages (2 recvfrom exits, one of them EAGAIN before the backend waits, and a sendto entry)")
+    # bcc attaches TRACEPOINT_PROBE functions itself when it loads the program.
+    probes = [Probe("tracepoint", f"syscalls:{tp}", f"tracepoint__syscalls__{tp}")
+              for tp in ("sys_exit_recvfrom", "sys_enter_sendto")]
     notes = ["latency includes reading the request and sending the response; an extended-protocol "
              "cycle up to its Sync is one statement; TLS connections cannot be read (counted)"]
-    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", [], {}, notes,
+    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", probes, {}, notes,
             ["common.bpf.c", "pg_context.bpf.c", "postgres_socket.bpf.c"])
 
 

@@ -2,45 +2,54 @@
  * PostgreSQL, socket method (--method socket): a statement is a request on
  * the backend's client socket, timed from the recvfrom() that brought it to
  * the sendto() that carries its ReadyForQuery. Syscall tracepoints only, no
- * uprobe: a simple-protocol statement costs 5 tracepoint hits (two recvfrom
- * entries and exits, one of them EAGAIN, and a sendto entry) of about
- * 0.11 us each here, against 4 uprobe hits of about 0.55 us.
+ * uprobe: a simple-protocol statement costs 3 tracepoint hits (two recvfrom
+ * exits, one of them EAGAIN before the backend waits, and a sendto entry) of
+ * about 0.11 us each here, against 4 uprobe hits of about 0.55 us. The
+ * recvfrom's buffer and fd are read from the task's saved user registers
+ * at its exit (bpf_task_pt_regs, Linux 5.15+), so its entry is not traced.
  *
  * The wire protocol (PostgreSQL docs, "Frontend/Backend Protocol", message
  * formats): every message after the startup packet is a type byte and a
- * big-endian int32 length that counts itself. A backend reads with
- * recv() into its 8 kB input buffer (src/backend/libpq/pqcomm.c,
- * pq_recvbuf), and flushes its output with send() when it goes idle, so a
+ * big-endian int32 length that counts itself. A backend reads with recv()
+ * into its 8 kB input buffer (src/backend/libpq/pqcomm.c, pq_recvbuf), and
+ * ReadyForQuery() flushes its output with send() before it reads again, so a
  * response ends with ReadyForQuery, 'Z' len 5 and a status byte, at the end
  * of one send().
+ *
+ * The received bytes are parsed as a stream of messages: a Query, or the
+ * messages up to a Sync, is a request; a message that continues into the
+ * next read is skipped there. At most SOCK_WALK_MSGS headers are read at a
+ * read, and as many more at each ReadyForQuery until the read is walked
+ * (pipelines). Should boundaries be lost (a header split over two reads),
+ * they are found again when the backend is idle (a client waits for
+ * ReadyForQuery before it sends more, so an idle backend's next read starts
+ * a message); ReadyForQuery messages no followed request explains are
+ * counted (CTR_UNFOLLOWED), as are requests that cannot be read (TLS).
  *
  * What it measures, against the server's own log_min_duration_statement:
  * also the reading of the request and the sending of the response (a few
  * microseconds), and an extended-protocol cycle (Parse/Bind/Execute/Sync) is
  * one statement from its first message to its ReadyForQuery, where the log
  * has a line per message. A request that executes nothing (Parse, Describe
- * and Sync only; a password message) is not a statement, unless it fails;
- * the time of a Parse sent on its own goes to the first request that binds
- * its statement, as the server's log lines add up.
- *
- * A request is a Query message, or the messages up to a Sync. Requests
- * pipelined in one recv are followed from the message headers (at most
- * SOCK_WALK_MSGS per recv; a request in a pipeline after the first has no
- * text); a ReadyForQuery that no followed request explains is counted
- * (CTR_UNFOLLOWED), as is a request that cannot be read (TLS).
+ * and Sync only) is not a statement, unless it fails; the time of a Parse
+ * sent on its own goes to the first request that binds its statement, as
+ * the server's log lines add up. A request pipelined behind another in one
+ * read starts when the one before it is answered, and has no text.
  *
  * Text: a Query's, or a Parse's in the same request, read from the input
- * buffer when the statement is reported. A Bind of a named prepared
- * statement (pgbench -M prepared, pgjdbc after 5 executions, asyncpg) gets
- * the text its Parse had: named Parses keep their text in `named`, keyed by
- * backend and statement name.
+ * buffer when the statement is reported (the buffer is not reused before
+ * ReadyForQuery), or when the request starts if more input will follow
+ * within it (COPY FROM STDIN, a request split over reads). A Bind of a named
+ * prepared statement (pgbench -M prepared, pgjdbc after 5 executions,
+ * asyncpg) gets the text its Parse had: named Parses keep their text in
+ * `named`, keyed by backend and statement name.
  *
- * Errors: the message before ReadyForQuery is an ErrorResponse; its 'C'
- * field is the SQLSTATE.
+ * Errors: an ErrorResponse is the message before ReadyForQuery, or ends a
+ * send of its own (it is flushed when queued); its 'C' field is the SQLSTATE.
  */
 
-#define SOCK_WALK_MSGS 16     /* message headers read per received batch */
-#define SOCK_REQS 8           /* pipelined requests followed per batch (a bit each) */
+#define SOCK_WALK_MSGS 16     /* message headers read per read, or per ReadyForQuery after it */
+#define SOCK_REQS 32          /* requests received and not answered (a bit each of exec_mask) */
 #define SOCK_SCAN_BYTES 1024  /* an ErrorResponse is found within this many bytes before ReadyForQuery */
 #define STMT_NAME_BYTES 64    /* NAMEDATALEN */
 #define NAME_HASH_OFFSET 14695981039346656037ULL /* FNV-1a, 64 bit */
@@ -52,22 +61,26 @@
 
 struct pg_sock {
 	u64 created_ns;   /* tells this backend's named statements from those of a dead one with its PID */
-	u64 recv_buf;     /* recvfrom's buffer, between its entry and its exit */
 	u64 batch;        /* the current request's first message (user memory) */
 	u64 last_app_ptr;
 	u64 parse_hash;   /* a request that only parsed: its statement's name... */
 	u64 parse_ns;     /* ...and its time, added to the first request that binds that name */
 	u64 added_ns;     /* the current request's share of such a parse */
-	u32 recv_fd;
-	u32 conn_fd;      /* the client socket: the fd the last request came on */
+	u32 conn_fd;      /* the client socket: the fd of the backend's first read */
 	u32 text_off;
+	u32 skip;         /* bytes of a message that continue into the next read */
+	u64 walk_buf;     /* the last read, while messages in it are left to walk... */
+	u32 walk_len;
+	u32 walk_pos;     /* ...from here */
 	u32 exec_mask;    /* bit i: pending request i executes something */
 	u8 pending;       /* requests received and not yet answered */
-	u8 busy;          /* pending > 0 */
+	u8 open;          /* messages of a request whose Sync has not come yet */
+	u8 open_exec;     /* ...among them an Execute */
+	u8 synced;        /* message boundaries known */
 	u8 text_kind;     /* TEXT_* of the request in flight */
 	u8 seen_request;  /* a ReadyForQuery before any request is the startup's */
-	u8 walk_executes; /* scratch of the header walk */
-	u8 pad[3];
+	u8 more;          /* walk_buf has messages left to walk */
+	u8 pad[1];
 	struct query_event ev;
 };
 
@@ -164,106 +177,73 @@ static __always_inline void end_request(struct pg_sock *v, u64 now)
 	v->added_ns = 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+/* A request ended in what was read: bit 1 if it executes something. */
+static __always_inline void add_request(struct pg_sock *v, u32 executes)
 {
-	FLOOR_RETURN();
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32, tid = (u32)id;
-	if (!pid_traced(tgid))
-		return 0;
-	struct pg_sock *v = sock_state.lookup(&tid);
-	if (!v) {
-		u32 zero = 0;
-		struct pg_sock *init = sock_zero.lookup(&zero);
-		if (!init)
-			return 0;
-		if (sock_state.update(&tid, init) != 0) {
-			count(CTR_INFLIGHT_FULL);
-			return 0;
-		}
-		v = sock_state.lookup(&tid);
-		if (!v)
-			return 0;
-		v->created_ns = bpf_ktime_get_ns();
-	}
-#if MODE != MODE_HIST
-	if (v->busy && v->text_kind == TEXT_IN_BATCH && !v->ev.text_len) {
-		/* More input during a request (COPY data, a message longer
-		 * than the buffer): it may land where the text is. */
-		copy_cstr(&v->ev, (const char *)(v->batch + v->text_off));
-		v->text_kind = TEXT_NONE;
-	}
-#endif
-	v->recv_buf = (u64)args->ubuf;
-	v->recv_fd = args->fd;
-	return 0;
+	volatile u8 *pending = &v->pending;
+	volatile u32 *mask = &v->exec_mask;
+	u8 n = *pending;
+	if (n >= SOCK_REQS)
+		return;
+	if (executes)
+		*mask |= 1u << (n & 31);
+	*pending = n + 1;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+/* Parses the messages of the read at walk_buf from walk_pos on, at most
+ * SOCK_WALK_MSGS of them; the rest is walked at the next ReadyForQuery, which
+ * the backend sends before it reads again, so the buffer is still there. */
+static __always_inline void walk(struct pg_sock *v)
 {
-	FLOOR_RETURN();
-	long ret = args->ret;
-	if (ret <= 0)
-		return 0; /* EAGAIN: the backend is about to wait for its client */
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id;
-	struct pg_sock *v = sock_state.lookup(&tid);
-	if (!v || v->busy)
-		return 0;
-	const u8 *buf = (const u8 *)v->recv_buf;
-	u8 h[5] = {};
-	bpf_probe_read_user(h, sizeof(h), buf);
-	if (!frontend_type(h[0])) {
-		/* The startup packet starts with its length's high byte, 0;
-		 * a TLS record with 20-23. */
-		if (h[0] >= 20 && h[0] <= 23)
-			count(CTR_UNFOLLOWED);
-		return 0;
-	}
-	/* Walk the headers: which messages end requests, which execute. The
-	 * tallies live in map memory, which the verifier does not track:
-	 * in registers, each combination of them would be a separate
-	 * verifier state and the loop would exhaust its budget. */
-	volatile u8 *reqs = &v->pending;
-	volatile u32 *mask = &v->exec_mask;
-	volatile u8 *executes = &v->walk_executes;
-	*reqs = 0;
-	*mask = 0;
-	*executes = 0;
-	u32 pos = 0;
+	const u8 *buf = (const u8 *)v->walk_buf;
+	u32 ret = v->walk_len;
+	u32 pos = v->walk_pos;
+	/* The tallies go through map memory, which the verifier does not
+	 * track: in registers each combination would be a verifier state. */
+	volatile u8 *open = &v->open;
+	volatile u8 *open_exec = &v->open_exec;
+	u8 h[5];
 	for (int i = 0; i < SOCK_WALK_MSGS; i++) {
-		if (pos + 5 > ret || *reqs >= SOCK_REQS)
+		if (pos + 5 > ret || v->pending >= SOCK_REQS)
 			break;
-		if (i > 0)
-			bpf_probe_read_user(h, sizeof(h), buf + pos);
+		if (bpf_probe_read_user(h, sizeof(h), buf + pos) != 0)
+			break;
 		u8 t = h[0];
-		if (t == 'Q' || t == 'E')
-			*executes = 1;
-		if (t == 'Q' || t == 'S') {
-			if (*executes)
-				*mask |= 1u << (*reqs & 31);
-			*reqs += 1;
-			*executes = 0;
+		if (t == 'Q') {
+			add_request(v, 1);
+		} else if (t == 'S') {
+			add_request(v, *open_exec);
+			*open = 0;
+			*open_exec = 0;
+		} else if (t == 'E') {
+			*open = 1;
+			*open_exec = 1;
+		} else if (t != 'd' && t != 'c' && t != 'f') {
+			*open = 1; /* not COPY data, which belongs to a running Query */
 		}
 		pos += 1 + be32(h + 1);
 	}
-	if (pos < ret && *reqs < SOCK_REQS) {
-		/* More than the walk reads: one more request, assumed to execute. */
-		*mask |= 1u << (*reqs & 31);
-		*reqs += 1;
+	v->more = 0;
+	v->skip = 0;
+	if (pos > ret) {
+		v->skip = pos - ret; /* the message goes on in the next read */
+	} else if (pos + 5 <= ret) {
+		v->more = 1;
+		v->walk_pos = pos;
+	} else if (pos < ret) {
+		/* A header split over two reads: boundaries are lost until
+		 * the backend is idle again. */
+		v->synced = 0;
 	}
-	if (!*reqs)
-		return 0; /* no Sync yet (a message split over reads): not followed */
-	u32 first_executes = *mask & 1;
-	u64 now = bpf_ktime_get_ns();
-	u32 tgid = id >> 32;
-	v->batch = (u64)buf;
-	v->conn_fd = v->recv_fd;
-	v->busy = 1;
-	v->seen_request = 1;
-	v->text_kind = TEXT_NONE;
-	v->text_off = 0;
+}
+
+/* A request starts in this read, at buf: where its text is. */
+static __always_inline void find_text(struct pg_sock *v, u32 tgid, const u8 *buf, long ret)
+{
+	u8 h[5] = {};
 	bpf_probe_read_user(h, sizeof(h), buf);
+	v->batch = (u64)buf;
+	v->text_kind = TEXT_NONE;
 	if (h[0] == 'Q') {
 		v->text_kind = TEXT_IN_BATCH;
 		v->text_off = 5;
@@ -278,7 +258,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 			v->text_off = 5 + n;
 			if (n > 1)
 				keep_named(v, tgid, (const char *)(buf + 5), (const char *)(buf + 5 + n));
-			if (!first_executes) {
+			if (!(v->exec_mask & 1) && v->pending) {
 				/* A Parse in a round trip of its own (drivers that
 				 * prepare ahead): its time goes to the statement,
 				 * as the server's parse + bind + execute lines do. */
@@ -296,7 +276,94 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 			}
 		}
 	}
+#if MODE != MODE_HIST
+	if (v->text_kind != TEXT_IN_BATCH)
+		return;
+	char copy[4] = {};
+	bpf_probe_read_user(copy, sizeof(copy), buf + v->text_off);
+	int copy_in = (copy[0] | 0x20) == 'c' && (copy[1] | 0x20) == 'o' && (copy[2] | 0x20) == 'p' &&
+		      (copy[3] | 0x20) == 'y';
+	if (!v->pending || v->skip || copy_in) {
+		/* More input will come within this request and may reuse the
+		 * buffer: copy the text now, as far as it has been read. */
+		u64 n = ret > v->text_off ? ret - v->text_off : 0;
+		u32 len = bounded_len(n);
+		if (len) {
+			int got = bpf_probe_read_user_str(v->ev.text, len + 1, buf + v->text_off);
+			v->ev.text_len = got > 0 ? got - 1 : 0;
+			if (v->skip || n > TEXT_BYTES)
+				v->ev.flags |= EV_TRUNCATED;
+		}
+		v->text_kind = TEXT_NONE;
+	}
+#endif
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+{
+	FLOOR_RETURN();
+	long ret = args->ret;
+	if (ret <= 0)
+		return 0; /* EAGAIN: the backend is about to wait for its client */
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 fd = 0, ubuf = 0;
+	bpf_probe_read_kernel(&fd, sizeof(fd), &PT_REGS_PARM1(regs));
+	bpf_probe_read_kernel(&ubuf, sizeof(ubuf), &PT_REGS_PARM2(regs));
+	const u8 *buf = (const u8 *)ubuf;
+	struct pg_sock *v = sock_state.lookup(&tid);
+	if (!v) {
+		if (!pid_traced(tgid))
+			return 0;
+		u32 zero = 0;
+		struct pg_sock *init = sock_zero.lookup(&zero);
+		if (!init)
+			return 0;
+		if (sock_state.update(&tid, init) != 0) {
+			count(CTR_INFLIGHT_FULL);
+			return 0;
+		}
+		v = sock_state.lookup(&tid);
+		if (!v)
+			return 0;
+		v->created_ns = bpf_ktime_get_ns();
+		v->conn_fd = fd; /* a backend first reads its client's startup packet */
+	}
+	if (fd != v->conn_fd)
+		return 0; /* another connection of the backend's own (dblink, postgres_fdw) */
+	int idle = !v->pending && !v->open;
+	if (idle) {
+		u8 t = 0;
+		bpf_probe_read_user(&t, 1, buf);
+		if (!frontend_type(t)) {
+			/* The startup packet starts with its length's high
+			 * byte, 0; a TLS record with 20-23. */
+			if (t >= 20 && t <= 23)
+				count(CTR_UNFOLLOWED);
+			return 0;
+		}
+		v->skip = 0;
+		v->synced = 1;
+		v->open_exec = 0;
+		v->exec_mask = 0;
+	}
+	if (!v->synced)
+		return 0;
+	if (v->skip >= ret) {
+		v->skip -= ret; /* all of it continues one message */
+		return 0;
+	}
+	v->walk_buf = (u64)buf;
+	v->walk_len = ret;
+	v->walk_pos = v->skip;
+	walk(v);
+	if (!idle || (!v->pending && !v->open))
+		return 0;
+	u64 now = bpf_ktime_get_ns();
+	v->seen_request = 1;
 	start_request(v, now, tgid, tid);
+	find_text(v, tgid, buf, ret);
 	return 0;
 }
 
@@ -406,9 +473,15 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 	else
 		bpf_probe_read_user(tail + 2, 6, buf + len - 6);
 	int ready = tail[2] == 'Z' && !tail[3] && !tail[4] && !tail[5] && tail[6] == 5;
-	if (!v->busy) {
-		if (ready)
-			count(CTR_UNFOLLOWED);
+	if (!v->pending) {
+		if (ready) {
+			/* Messages with no Sync (authentication, a Flush) were
+			 * answered; otherwise nothing followed explains it. */
+			if (!v->open)
+				count(CTR_UNFOLLOWED);
+			v->open = 0;
+			v->open_exec = 0;
+		}
 		return 0;
 	}
 	/* An ErrorResponse is flushed as soon as it is queued (elog.c,
@@ -434,12 +507,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 	}
 	v->exec_mask >>= 1;
 	v->pending--;
-	if (v->pending) {
+	if (v->more)
+		walk(v);
+	if (v->pending || v->open) {
 		/* The next pipelined request starts now; its text is not known. */
 		v->text_kind = TEXT_NONE;
 		start_request(v, now, tgid, tid);
-	} else {
-		v->busy = 0;
 	}
 	return 0;
 }
@@ -449,7 +522,7 @@ static __always_inline int engine_thread_exit(u32 tid)
 	struct pg_sock *v = sock_state.lookup(&tid);
 	if (!v)
 		return 0;
-	int open = v->busy && (v->exec_mask & 1);
+	int open = v->pending && (v->exec_mask & 1);
 	sock_state.delete(&tid);
 	return open;
 }
