@@ -21,6 +21,7 @@ EXAMPLES = """examples:
     dbslower mysql -x /usr/sbin/mariadbd   # every process running this binary
     dbslower postgres -d 30 --context      # 30 s, with user, db, client columns
     dbslower postgres --hist 5       # latency histogram every 5 s
+    dbslower postgres --method socket -m 5   # cheaper: timed at the backends' sockets
     dbslower mysql --digest 10 3     # per-fingerprint digest, 3 times 10 s
 """
 

@@ -30,7 +30,7 @@ from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symb
 # Index in the kernel's `counters` array (bpf/dbslower.h, CTR_*) -> reason.
 LOSS_REASONS = {CTR_LOST_EVENTS: "ring buffer full", CTR_MAP_FULL: "aggregation map full",
                 CTR_INFLIGHT_FULL: "in-flight table full",
-                CTR_UNFOLLOWED: "request not followed (TLS, or pipelined past the socket method's walk)"}
+                CTR_UNFOLLOWED: "request not followed (socket method: TLS, or message boundaries lost)"}
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
 # leaving room for a burst of new shapes before the next look.

@@ -185,3 +185,44 @@ def test_socket_method_follows_a_pipeline(pg, protocol):
     assert with_text == [f"SELECT {i} AS pipelined" for i in range(150)][:len(with_text)]
     assert events[-1]["query"] == "SELECT 'after the pipeline'"
     assert "not followed" not in run.stderr, run.stderr
+
+
+def test_socket_method_counts_tls_requests_it_cannot_read():
+    """Over TLS the messages cannot be read: each request is counted as not
+    followed (shown at exit), never reported wrong; the same server's
+    plain connections are still traced."""
+    import re
+    import shutil
+    import subprocess
+
+    import psycopg
+
+    import tempfile
+    from pathlib import Path
+
+    from lab.servers import PgServer
+    keys = Path(tempfile.mkdtemp(prefix="dbslower-tls-"))  # readable by the server's user, unlike pytest's tmp
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", keys / "server.key", "-out", keys / "server.crt"], check=True, capture_output=True)
+    for f in (keys, keys / "server.key", keys / "server.crt"):
+        shutil.chown(f, "dbslower_pg")
+    (keys / "server.key").chmod(0o600)
+    with PgServer(settings={"ssl": "on", "ssl_cert_file": str(keys / "server.crt"),
+                            "ssl_key_file": str(keys / "server.key")}) as pg:
+        with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-p", pg.pid]) as run:
+            with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres sslmode=require",
+                                 autocommit=True) as conn:
+                assert conn.pgconn.ssl_in_use
+                for i in range(30):
+                    conn.execute("SELECT %s::int AS over_tls", (i,))
+            with psycopg.connect(f"host={pg.sock} port={pg.port} user=postgres dbname=postgres",
+                                 autocommit=True) as conn:
+                conn.execute("SELECT 'in the clear'")
+    shutil.rmtree(keys)
+    queries = [e["query"] for e in run.events()]
+    assert "SELECT 'in the clear'" in queries
+    assert not any("over_tls" in q for q in queries)
+    m = re.search(r"(\d+) request not followed", run.stderr)
+    # a record each: the 30 queries, the Terminate message at close, and
+    # TLS 1.3's encrypted handshake messages (application-data records)
+    assert m and 31 <= int(m.group(1)) <= 36, run.stderr

@@ -80,7 +80,7 @@ struct pg_sock {
 	u8 text_kind;     /* TEXT_* of the request in flight */
 	u8 seen_request;  /* a ReadyForQuery before any request is the startup's */
 	u8 more;          /* walk_buf has messages left to walk */
-	u8 pad[1];
+	u8 tls;           /* the connection is encrypted: nothing to read */
 	struct query_event ev;
 };
 
@@ -307,15 +307,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 		return 0; /* EAGAIN: the backend is about to wait for its client */
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
+	struct pg_sock *v = sock_state.lookup(&tid);
+	if (!v && !pid_traced(tgid))
+		return 0; /* every other process on the host */
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	u64 fd = 0, ubuf = 0;
 	bpf_probe_read_kernel(&fd, sizeof(fd), &PT_REGS_PARM1(regs));
 	bpf_probe_read_kernel(&ubuf, sizeof(ubuf), &PT_REGS_PARM2(regs));
 	const u8 *buf = (const u8 *)ubuf;
-	struct pg_sock *v = sock_state.lookup(&tid);
 	if (!v) {
-		if (!pid_traced(tgid))
-			return 0;
 		u32 zero = 0;
 		struct pg_sock *init = sock_zero.lookup(&zero);
 		if (!init)
@@ -332,17 +332,26 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 	}
 	if (fd != v->conn_fd)
 		return 0; /* another connection of the backend's own (dblink, postgres_fdw) */
+	u8 t[2] = {};
 	int idle = !v->pending && !v->open;
+	if (idle || v->tls)
+		bpf_probe_read_user(t, sizeof(t), buf);
+	/* A TLS record starts with its type (22 handshake, 23 data) and
+	 * version 3.x; the statistics collector's UDP messages (PG 12-14)
+	 * start with a small int, the startup packet with a 0. OpenSSL reads
+	 * a record's header and its body separately: each data record's
+	 * header counts once, as a request that cannot be followed. */
+	if (t[1] == 3 && (t[0] == 22 || t[0] == 23)) {
+		v->tls = 1;
+		if (t[0] == 23)
+			count(CTR_UNFOLLOWED);
+		return 0;
+	}
+	if (v->tls)
+		return 0;
 	if (idle) {
-		u8 t = 0;
-		bpf_probe_read_user(&t, 1, buf);
-		if (!frontend_type(t)) {
-			/* The startup packet starts with its length's high
-			 * byte, 0; a TLS record with 20-23. */
-			if (t >= 20 && t <= 23)
-				count(CTR_UNFOLLOWED);
+		if (!frontend_type(t[0]))
 			return 0;
-		}
 		v->skip = 0;
 		v->synced = 1;
 		v->open_exec = 0;
