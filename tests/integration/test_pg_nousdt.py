@@ -87,3 +87,14 @@ def test_parse_time_goes_to_its_statement(wheel_pg):
     executing; each statement matches the server's parse + bind + execute."""
     from test_pg_fidelity import asyncpg_prepares_ahead, check
     check(wheel_pg, lambda: asyncpg_prepares_ahead(wheel_pg), 20, extra=["-s", "8192"])
+
+
+@pytest.mark.parametrize("protocol", ["simple", "prepared"])
+def test_socket_method_on_any_build(wheel_pg, protocol):
+    """The socket method needs no symbol: the same statements, with their
+    text, on builds without USDT, and -v says so."""
+    with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-v", "-p", wheel_pg.pid]) as run:
+        wheel_pg.pgbench("-n", "-M", protocol, "-S", "-c", "4", "-t", "250")
+    got = [e for e in run.events() if e["query"].startswith("SELECT abalance")]
+    assert len(got) == 1000
+    assert "method: socket" in run.stderr and "3 syscall tracepoint hits" in run.stderr
