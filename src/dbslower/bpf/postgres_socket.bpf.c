@@ -101,12 +101,14 @@ struct named_text {
 BPF_HASH(sock_state, u32, struct pg_sock, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(sock_zero, struct pg_sock, 1);
 /* Named prepared statements: pgjdbc keeps up to 256 per connection, pgbench
- * one per script line; 8192 covers dozens of pooled connections at once,
- * and the least recently used go first (their executions then have no
- * text). Entries of a backend that exits are not deleted: a new backend
- * with the same PID parses a statement before using it, and `owner` tells
- * the entries apart. */
-BPF_TABLE("lru_hash", struct named_key, struct named_text, named, 8192);
+ * one per script line; 8192 (with the default 1 kB text; 8 MB of kernel
+ * memory, fewer entries for longer texts) covers dozens of pooled
+ * connections at once, and the least recently used go first (their
+ * executions then have no text). Entries of a backend that exits are not
+ * deleted: a new backend with the same PID parses a statement before using
+ * it, and `owner` tells the entries apart. */
+#define NAMED_ENTRIES (8192 * 1024 / TEXT_BYTES)
+BPF_TABLE("lru_hash", struct named_key, struct named_text, named, NAMED_ENTRIES);
 BPF_PERCPU_ARRAY(named_scratch, struct named_text, 1);
 struct scan_buf {
 	char b[SOCK_SCAN_BYTES];
