@@ -103,3 +103,24 @@ def run_cli(args, timeout_s=120, env=None, **kw):
                           timeout=timeout_s, env=env or ENV, **kw)
 
 
+def pg_logged_and_seen(pg, workload, extra=()):
+    """Runs workload() with the server logging every statement
+    (log_min_duration_statement=0) and `dbslower postgres -m 0 -j` tracing it.
+    Returns (the server's log entries, dbslower's events, the Run), both
+    without the statements that switch the logging."""
+    from lab.logs import parse_pg_log
+    log = pg.log_statements(True)
+    start = log.stat().st_size
+    try:
+        with Run(["postgres", "-m", "0", "-j", "-p", pg.pid, *extra]) as run:
+            workload()
+    finally:
+        pg.log_statements(False)
+    with open(log, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        logged = parse_pg_log(f.read())
+
+    def workload_only(q):
+        return not any(s in q for s in ("log_min_duration_statement", "pg_reload_conf", "log_line_prefix"))
+    events = [e for e in run.events() if workload_only(e["query"])]
+    return [entry for entry in logged if workload_only(entry.query)], events, run

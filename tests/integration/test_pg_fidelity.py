@@ -4,28 +4,14 @@ within max(10%, 0.3 ms) of the server's (parse+bind+execute summed)."""
 
 import pytest
 
-from helpers import Run
-from lab.logs import compare, median_bias_ms, parse_pg_log, within
+from helpers import pg_logged_and_seen
+from lab.logs import compare, median_bias_ms, within
 
 pytestmark = pytest.mark.integration
 
 
 def check(pg, workload, min_statements, extra=()):
-    log = pg.log_statements(True)
-    start = log.stat().st_size
-    try:
-        with Run(["postgres", "-m", "0", "-j", "-p", pg.pid, *extra]) as run:
-            workload()
-    finally:
-        pg.log_statements(False)
-    with open(log, encoding="utf-8", errors="replace") as f:
-        f.seek(start)
-        logged = parse_pg_log(f.read())
-    # The logging switch itself is not part of the workload.
-    events = [e for e in run.events() if "log_min_duration_statement" not in e["query"]
-              and "pg_reload_conf" not in e["query"] and "log_line_prefix" not in e["query"]]
-    logged = [entry for entry in logged if "log_min_duration_statement" not in entry.query
-              and "pg_reload_conf" not in entry.query and "log_line_prefix" not in entry.query]
+    logged, events, _ = pg_logged_and_seen(pg, workload, extra)
     pairs, problems = compare(logged, events, key="pid")
     assert not problems, problems[:10]
     assert len(pairs) >= min_statements

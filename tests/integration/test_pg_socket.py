@@ -9,8 +9,8 @@ import statistics
 
 import pytest
 
-from helpers import Run
-from lab.logs import compare, parse_pg_log
+from helpers import Run, pg_logged_and_seen
+from lab.logs import compare
 
 pytestmark = pytest.mark.integration
 
@@ -21,31 +21,14 @@ MEDIAN_EXTRA_MS = 0.050
 NOISE_MS = 0.005  # the two clocks are read in different places; rounding of the log's 3 decimals
 
 
-def logged_and_seen(pg, workload, extra=()):
-    log = pg.log_statements(True)
-    start = log.stat().st_size
-    try:
-        with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-p", pg.pid, *extra]) as run:
-            workload()
-    finally:
-        pg.log_statements(False)
-    with open(log, encoding="utf-8", errors="replace") as f:
-        f.seek(start)
-        logged = parse_pg_log(f.read())
-
-    def ours(q):
-        return not any(s in q for s in ("log_min_duration_statement", "pg_reload_conf", "log_line_prefix"))
-    events = [e for e in run.events() if ours(e["query"])]
-    return [entry for entry in logged if ours(entry.query)], events, run
-
-
 def extra_ms(pairs):
     return [ev["duration_ms"] - entry.duration_ms for entry, ev in pairs]
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
 def test_socket_method_matches_server_log(pg, protocol):
-    logged, events, run = logged_and_seen(pg, lambda: pg.pgbench("-n", "-M", protocol, "-c", "2", "-t", "100"))
+    logged, events, run = pg_logged_and_seen(pg, lambda: pg.pgbench("-n", "-M", protocol, "-c", "2", "-t", "100"),
+                                             ["--method", "socket"])
     pairs, problems = compare(logged, events, key="pid")
     assert not problems, problems[:10]
     assert len(pairs) >= 2 * 100 * 7
