@@ -302,6 +302,8 @@ def parse_args(argv):
     if args.top is not None and args.top < 0:
         raise UsageError("--top cannot be negative")
     _check_text_bytes(args)
+    from dbslower.plan import check_method
+    check_method(args.engine, args.mode, args.exe, args.method)
     if args.json and args.top is None:
         args.top = 0
     return args

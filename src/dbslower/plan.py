@@ -296,8 +296,8 @@ def _semaphores(elf, names):
     return out
 
 
-def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
-              text_bytes=1024, mode="stream", no_usdt=None, method="auto"):
+def check_method(engine, mode, binary, method):
+    """Raises UsageError when the method cannot serve this engine and mode."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", f"one of {', '.join(METHODS)}")
     if method == "socket":
@@ -309,6 +309,11 @@ def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
         if binary:
             raise UsageError("--method socket follows running servers' processes, not a binary (-x)",
                              "use -p, or no filter")
+
+
+def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
+              text_bytes=1024, mode="stream", no_usdt=None, method="auto"):
+    check_method(engine, mode, binary, method)
     if text_bytes not in TEXT_BYTES_CHOICES:
         raise UsageError(f"text size {text_bytes} is not one of {', '.join(map(str, TEXT_BYTES_CHOICES))}")
     if threshold_ns < 0:
