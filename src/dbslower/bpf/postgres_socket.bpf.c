@@ -239,22 +239,21 @@ static __always_inline void walk(struct pg_sock *v)
 	}
 }
 
-/* A request starts in this read, at buf: where its text is. */
-static __always_inline void find_text(struct pg_sock *v, u32 tgid, const u8 *buf, long ret)
+/* A request starts in this read, at buf, with a message of type `type`:
+ * where its text is. */
+static __always_inline void find_text(struct pg_sock *v, u32 tgid, const u8 *buf, long ret, u8 type)
 {
-	u8 h[5] = {};
-	bpf_probe_read_user(h, sizeof(h), buf);
 	v->batch = (u64)buf;
 	v->text_kind = TEXT_NONE;
-	if (h[0] == 'Q') {
+	if (type == 'Q') {
 		v->text_kind = TEXT_IN_BATCH;
 		v->text_off = 5;
-	} else if (h[0] == 'P' || h[0] == 'B') {
+	} else if (type == 'P' || type == 'B') {
 		char name[STMT_NAME_BYTES] = {};
 		int n = bpf_probe_read_user_str(name, sizeof(name), buf + 5);
 		if (n <= 0)
 			n = 1;
-		if (h[0] == 'P') {
+		if (type == 'P') {
 			/* Parse: statement name, then the query */
 			v->text_kind = TEXT_IN_BATCH;
 			v->text_off = 5 + n;
@@ -374,7 +373,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 	u64 now = bpf_ktime_get_ns();
 	v->seen_request = 1;
 	start_request(v, now, tgid, tid);
-	find_text(v, tgid, buf, ret);
+	find_text(v, tgid, buf, ret, t[0]); /* t: read above, as the backend was idle */
 	return 0;
 }
 
