@@ -42,6 +42,37 @@ HIST_SUB_BITS = 4
 HIST_MIN_SHIFT = 10
 HIST_OCTAVES = 28
 
+# Digest keys of whole operations (bpf/fingerprint.h, operation_key): the
+# first word's letters, 5 bits each, shifted left once and tagged. Even, so
+# they never meet a kernel fingerprint (odd). The kernel makes them with
+# DIGEST_BY_OPERATION; user space folds evicted fingerprints into them.
+OP_KEY_TAG = 1 << 62
+OP_KEY_LONG = 1 << 61  # the word had more than OP_LETTERS letters
+OP_LETTERS = 12        # 60 bits; no operation keyword is longer than 10
+OP_SCAN_BYTES = 256    # the word must start within the text's first 256 bytes
+
+
+def operation_key(word):
+    """The digest key of the statements whose first word is `word` (letters)."""
+    packed = 0
+    for ch in word[:OP_LETTERS].lower():
+        packed = (packed << 5) | (ord(ch) - ord("a") + 1)
+    return OP_KEY_TAG | (OP_KEY_LONG if len(word) > OP_LETTERS else 0) | (packed << 1)
+
+
+def operation_word(key):
+    """The first word of an operation key, upper case ("" when the statement
+    had none; None when key is not an operation key). A word cut at
+    OP_LETTERS ends with "+"."""
+    if not key or key & 1 or not key & OP_KEY_TAG:
+        return None
+    packed = (key & (OP_KEY_LONG - 1)) >> 1
+    letters = []
+    while packed:
+        letters.append(chr(ord("A") - 1 + (packed & 31)))
+        packed >>= 5
+    return "".join(reversed(letters)) + ("+" if key & OP_KEY_LONG else "")
+
 
 def add_stats(row, v):
     """Adds one digest_stats value v, (calls, total_ns, max_ns, failed,
@@ -84,9 +115,11 @@ def c_defines():
     names = ("ENGINE_POSTGRES", "ENGINE_MYSQL", "MODE_STREAM", "MODE_HIST", "MODE_DIGEST", "MODE_FLOOR",
              "EV_TRUNCATED", "EV_FAILED", "EV_NO_TEXT", "KIND_QUERY", "KIND_SAMPLE", "KIND_EXIT", "KIND_APP",
              "CTR_LOST_EVENTS", "CTR_MAP_FULL", "CTR_NO_TEXT", "CTR_EXITED", "CTR_INFLIGHT_FULL", "CTR_UNFOLLOWED", "CTR_COUNT",
-             "HIST_SUB_BITS", "HIST_MIN_SHIFT", "HIST_OCTAVES")
+             "HIST_SUB_BITS", "HIST_MIN_SHIFT", "HIST_OCTAVES", "OP_LETTERS", "OP_SCAN_BYTES")
     out = {n: globals()[n] for n in names}
     out["ERROR_CODE_UNKNOWN"] = f"{ERROR_CODE_UNKNOWN}U"
+    out["OP_KEY_TAG"] = f"{OP_KEY_TAG}ULL"
+    out["OP_KEY_LONG"] = f"{OP_KEY_LONG}ULL"
     out["PG_ERRCODE_INTERNAL"] = pg_packed_sqlstate("XX000")  # ERRCODE_INTERNAL_ERROR: elog(ERROR) without errcode()
     return out
 

@@ -9,32 +9,33 @@ that shows summaries: --hist, --digest, top (and the metrics endpoint).
 import time
 from dataclasses import dataclass, field
 
-from dbslower import hist
+from dbslower import abi, hist
 from dbslower.abi import EV_NO_TEXT, format_error_code
 from dbslower.decode import TEXT_MISSING
-from dbslower.fingerprint import OPERATIONS, fingerprint, fingerprint_id
+from dbslower.fingerprint import OPERATIONS, fingerprint, fingerprint_id, operation_name
 
 QUANTILES = (0.50, 0.95, 0.99)
 CONTEXTS_PER_FINGERPRINT = 8  # (user, db) pairs remembered per fingerprint, for filtering
 
 
 # Fingerprints evicted from the kernel's full digest table are folded into one
-# row per operation, under an even pseudo fingerprint (the kernel's are odd:
-# bpf/common.bpf.c stores hash | 1), so totals stay exact and metrics keep
-# their db_operation_name.
-OPERATION_ORDER = sorted(OPERATIONS | {"OTHER"})
+# row per operation, under that operation's key (abi.operation_key: the key
+# serve's kernel itself uses when it digests by operation), so totals stay
+# exact and metrics keep their db_operation_name.
 OTHER_TEXT = "(other fingerprints, evicted from the kernel's table)"
 
 
 def other_fp(operation):
-    return 2 * (1 + OPERATION_ORDER.index(operation))
+    return abi.operation_key(operation)
 
 
 def other_operation(kfp):
-    """The operation of a pseudo fingerprint, or None for a kernel one."""
-    if kfp and kfp % 2 == 0 and kfp // 2 - 1 < len(OPERATION_ORDER):
-        return OPERATION_ORDER[kfp // 2 - 1]
-    return None
+    """The operation (a db_operation_name) of an operation key, or None for
+    a kernel fingerprint."""
+    word = abi.operation_word(kfp)
+    if word is None:
+        return None
+    return word if word in OPERATIONS else "OTHER"
 
 
 def by_fingerprint(stats, hists, per_server=True):
@@ -96,6 +97,17 @@ class DigestBook:
         self.samples.pop(kfp, None)
         self.user_fp.pop(kfp, None)
         self.contexts.pop(kfp, None)
+
+    def operation(self, kfp):
+        """db_operation_name of a digest key."""
+        return other_operation(kfp) or operation_name(self.group(kfp))
+
+    def summary_of(self, ev):
+        """The fingerprint of an event's statement: its kernel fingerprint's
+        group, or, where the kernel keyed it by operation only, its own."""
+        if ev.fp and other_operation(ev.fp) is None:
+            return self.group(ev.fp)
+        return fingerprint(self.engine, ev.query) if ev.query else None
 
     def group(self, kfp):
         op = other_operation(kfp)

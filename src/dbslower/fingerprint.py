@@ -20,6 +20,8 @@ comment is closed at the end of the text.
 import hashlib
 import re
 
+from dbslower.abi import OP_LETTERS, OP_SCAN_BYTES
+
 # ---- MySQL: pt-fingerprint ---------------------------------------------------
 
 _MY_MYSQLDUMP = re.compile(r"SELECT /\*!40001 SQL_NO_CACHE \*/ \* FROM `")
@@ -268,7 +270,18 @@ KILL OPTIMIZE CHECK REPAIR DESCRIBE DESC HELP
 """.split())
 
 
-def operation_name(fingerprint_text):
-    word = fingerprint_text.lstrip("( ").split(None, 1)[0].upper() if fingerprint_text.strip("( ") else ""
-    word = word.rstrip(";(")
+# The first word: after blanks, '(' and comments, starting within the first
+# OP_SCAN_BYTES bytes; the rule of the kernel's operation keys
+# (bpf/fingerprint.h, operation_key), so both ways of keying digests name an
+# operation alike.
+_FIRST_WORD = re.compile(rb"(?:[ \t\n\r\f\v(]|/\*.*?\*/|--[^\n]*(?:\n|$))*([A-Za-z]*)", re.S)
+
+
+def operation_name(text):
+    """db.operation.name of a statement's text or fingerprint."""
+    head = text.encode("utf-8", "replace")[:OP_SCAN_BYTES + OP_LETTERS + 1]
+    m = _FIRST_WORD.match(head)
+    if m.start(1) >= OP_SCAN_BYTES:
+        return "OTHER"
+    word = m[1].decode().upper()
     return word if word in OPERATIONS else "OTHER"

@@ -177,12 +177,21 @@ def _int(v):
     return v if isinstance(v, int) else v.value
 
 
+def _per_cpu(table):
+    from bcc.table import PerCpuHash
+    return isinstance(table, PerCpuHash)
+
+
 def _hash_items(table):
-    """Batched lookups where the kernel has them (5.6+), else one by one."""
+    """Batched lookups where the kernel has them (5.6+), else one by one.
+    The values of a per-CPU table come as a list, one per CPU."""
     try:
-        return list(table.items_lookup_batch())
+        items = list(table.items_lookup_batch())
     except Exception:
-        return list(table.items())
+        items = list(table.items())
+    if _per_cpu(table):
+        return [(k, list(v)) for k, v in items]
+    return [(k, [v]) for k, v in items]
 
 
 class Tracer:
@@ -320,12 +329,14 @@ class Tracer:
         for lt in self.loaded:
             # The overflow maps' entries have fp 0: counted while `digests` was full.
             for name in ("digests", "digest_overflow"):
-                for k, v in _hash_items(lt.bpf[name]):
-                    abi.add_stats(stats.setdefault((k.fp, k.db_id, k.server_id), [0, 0, 0, 0, 0]), _stats(v))
+                for k, values in _hash_items(lt.bpf[name]):
+                    row = stats.setdefault((k.fp, k.db_id, k.server_id), [0, 0, 0, 0, 0])
+                    for v in values:
+                        abi.add_stats(row, _stats(v))
             for name in ("digest_hist", "overflow_hist"):
-                for k, v in _hash_items(lt.bpf[name]):
+                for k, values in _hash_items(lt.bpf[name]):
                     h = hists.setdefault((k.fp, k.db_id, k.server_id, k.failed), {})
-                    h[k.bucket] = h.get(k.bucket, 0) + _int(v)
+                    h[k.bucket] = h.get(k.bucket, 0) + sum(_int(v) for v in values)
         return stats, hists
 
     def digest_capacity(self):
@@ -347,16 +358,20 @@ class Tracer:
         stats, hists = {}, {}
         for lt in self.loaded:
             t, h = lt.bpf["digests"], lt.bpf["digest_hist"]
+            # A per-CPU table's Leaf is an array with one value per CPU.
+            per_cpu = _per_cpu(t)
             for key in keys:
                 k, v = t.Key(), t.Leaf()
                 k.fp, k.db_id, k.server_id = key
                 if fn(t.map_fd, ct.byref(k), ct.byref(v)) == 0:
-                    abi.add_stats(stats.setdefault(key, [0, 0, 0, 0, 0]), _stats(v))
+                    row = stats.setdefault(key, [0, 0, 0, 0, 0])
+                    for cpu_v in (v if per_cpu else [v]):
+                        abi.add_stats(row, _stats(cpu_v))
             for key in hist_keys:
                 k, v = h.Key(), h.Leaf()
                 k.fp, k.db_id, k.server_id, k.failed, k.bucket = key
                 if fn(h.map_fd, ct.byref(k), ct.byref(v)) == 0:
-                    hists[key] = hists.get(key, 0) + _int(v)
+                    hists[key] = hists.get(key, 0) + sum(_int(x) for x in (v if per_cpu else [v]))
         return stats, hists
 
     def seed_procs(self, procs):

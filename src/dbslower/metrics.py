@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from dbslower import hist
-from dbslower.fingerprint import operation_name
 
 # Bucket bounds: 8 per power of two from 2^13 ns (8.2 us) to 2^35 ns (34 s),
 # each the upper bound of a kernel bucket (hist.py: 16 per power of two), so
@@ -140,7 +139,7 @@ class MetricsSink:
             k = (kfp, db_id, server_id, failed)
             if k not in keys:
                 fp = src.book.group(kfp)
-                labels = (system, src.db_names.get((server_id, db_id), ""), operation_name(fp),
+                labels = (system, src.db_names.get((server_id, db_id), ""), src.book.operation(kfp),
                           ERROR_TYPE_UNKNOWN if failed else "")
                 if self.container_label:
                     labels += (src.containers.get(server_id, ""),)

@@ -24,7 +24,7 @@ from dbslower.decode import (PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder, Rin
                              wait_readable)
 from dbslower.discover import (container_id, namespace_pid, pg_database_names, process_cwd, read_memory,
                                symbol_address)
-from dbslower.fingerprint import operation_name, redact
+from dbslower.fingerprint import redact
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
 
 # Index in the kernel's `counters` array (bpf/dbslower.h, CTR_*) -> reason.
@@ -324,7 +324,7 @@ class Source:
         for key, v in stats.items():
             fp, db, srv = key
             srv = srv or only
-            pseudo = other_fp(operation_name(self.book.group(fp)))
+            pseudo = other_fp(self.book.operation(fp))
             add_stats(f_stats.setdefault((pseudo, db, srv), [0, 0, 0, 0, 0]), v)
             # The last interval report counted part of it under its own
             # fingerprint: that part moves to the pseudo one in `prev`, so
@@ -340,7 +340,7 @@ class Source:
                     po[i] += before[i]
         for (fp, db, srv0, failed, b), n_b in hists.items():
             srv = srv0 or only
-            pseudo = other_fp(operation_name(self.book.group(fp)))
+            pseudo = other_fp(self.book.operation(fp))
             h = f_hists.setdefault((pseudo, db, srv, failed), {})
             h[b] = h.get(b, 0) + n_b
             before = p_hists.get((fp, db, srv0, failed), {}).get(b, 0)

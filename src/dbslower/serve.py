@@ -195,7 +195,8 @@ class Fleet:
         s = self.settings
         try:
             plan, tracer = load_plan(engine, servers, pids=[srv.pid for srv in servers] if s.pid else None,
-                                     threshold_ns=0, text_bytes=s.text_bytes, mode="serve")
+                                     threshold_ns=0, text_bytes=s.text_bytes, mode="serve",
+                                     digest_key="fingerprint" if s.fingerprint_metrics else "operation")
         except DbslowerError as e:
             self.failed[key] = time.monotonic()
             self.on_attach_error()

@@ -53,7 +53,7 @@ class SlowLog:
         src = ev.origin
         d = event_dict(ev)
         tc = trace_context(ev.query)
-        fp = src.book.group(ev.fp) if ev.fp else None
+        fp = src.book.summary_of(ev)
         if self.redact:
             d["query"] = redact(ev.engine, ev.query)
         d["db_system_name"] = src.system_name

@@ -11,7 +11,8 @@ from helpers import require_root
 
 pytestmark = pytest.mark.bpf
 
-MODES = ["stream", "hist", "digest", "top", "serve", "floor"]
+# serve/operation: serve without per-fingerprint metrics (digests by operation)
+MODES = ["stream", "hist", "digest", "top", "serve", "serve/operation", "floor"]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,11 @@ def mysql57():
 def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None, method="auto"):
     from dbslower.load import Tracer
     from dbslower.plan import make_plan
+    mode, _, digest_key = mode.partition("/")
     plan = make_plan(engine, servers, pids=[s.pid for s in servers] if filter_pids else None,
-                     threshold_ns=0, text_bytes=text_bytes, mode=mode, no_usdt=no_usdt, method=method)
+                     threshold_ns=0, text_bytes=text_bytes, mode=mode, no_usdt=no_usdt, method=method,
+                     digest_key=digest_key or "fingerprint")
+    assert plan.cflags(plan.targets[0])["DIGEST_BY_OPERATION"] == (digest_key == "operation")
     with Tracer(plan) as tracer:
         sizes = {}
         from dbslower.plan import DIGEST_MODES
@@ -36,7 +40,7 @@ def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None, method="a
             fns = [p.fn for p in lt.target.probes] + (["fp_chunk"] if mode in DIGEST_MODES else [])
             for fn in fns:
                 sizes[fn] = len(lt.bpf.dump_func(fn.encode())) // 8
-        print(f"{engine} {plan.targets[0].method} {mode} {text_bytes} filter={filter_pids}: "
+        print(f"{engine} {plan.targets[0].method} {mode} {digest_key} {text_bytes} filter={filter_pids}: "
               + ", ".join(f"{fn} {n}" for fn, n in sorted(sizes.items())))
         return plan.targets[0].method, sizes
 

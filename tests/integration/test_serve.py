@@ -196,6 +196,9 @@ def test_prometheus_counts_exact_and_p99_matches_server_log(pg, maria):
                 'sum by (db_operation_name) (db_server_operation_duration_seconds_count'
                 '{db_system_name="postgresql",db_namespace="postgres"})')}
             assert by_op["SELECT"] == len(logged)
+            my_ops = {r["metric"]["db_operation_name"]: float(r["value"][1]) for r in prom.query(
+                'sum by (db_operation_name) (db_server_operation_duration_seconds_count{db_system_name="mariadb"})')}
+            assert my_ops == {"SELECT": n_my}
             assert prom.scalar('dbslower_build_info') == 1
             assert prom.scalar('sum(dbslower_events_lost_total)') == 0
             assert prom.scalar('sum(dbslower_targets)') == 2
@@ -204,6 +207,63 @@ def test_prometheus_counts_exact_and_p99_matches_server_log(pg, maria):
             prom.stop()
         assert serve.stop() == 0
     pg.log_statements(False)
+
+
+# Statements whose db_operation_name a DBA would expect, labelled by hand:
+# leading blanks, parentheses and comments do not hide the first keyword.
+LABELLED = [
+    ("SELECT 1", "SELECT"),
+    ("  select 2", "SELECT"),
+    ("(SELECT 3)", "SELECT"),
+    ("/* app=web,traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' */ SELECT 4", "SELECT"),
+    ("-- a note\nSELECT 5", "SELECT"),
+    ("/*/ odd but valid */ SELECT 6", "SELECT"),
+    ("SELECT 7 /* " + "x" * 300 + " */", "SELECT"),
+    ("WITH t AS (SELECT 1) SELECT * FROM t", "WITH"),
+    ("VALUES (1), (2)", "VALUES"),
+    ("SHOW work_mem", "SHOW"),
+    ("BEGIN", "BEGIN"),
+    ("CREATE TEMP TABLE labelled (x int)", "CREATE"),
+    ("INSERT INTO labelled VALUES (1)", "INSERT"),
+    ("update labelled SET x = 2", "UPDATE"),
+    ("DELETE FROM labelled", "DELETE"),
+    ("DROP TABLE labelled", "DROP"),
+    ("COMMIT", "COMMIT"),
+    ("SELECTX 1", "OTHER"),   # a syntax error: counted, with its own first word
+]
+
+
+@pytest.mark.parametrize("keys", ["operation", "fingerprint"])
+def test_operation_names_follow_the_first_keyword(pg, keys):
+    """db_operation_name per statement, by hand, both ways serve can key its
+    kernel digests: by operation (the default) and by fingerprint
+    (--fingerprint-metrics). Counts per operation are exact."""
+    import psycopg
+    rounds = 5
+    extra = ["--fingerprint-metrics"] if keys == "fingerprint" else []
+    expected = {}
+    for _, op in LABELLED:
+        expected[op] = expected.get(op, 0) + rounds
+    with Serve("-p", pg.pid, *extra) as serve:
+        with psycopg.connect(f"host={pg.sock} port={pg.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            for _ in range(rounds):
+                for text, _ in LABELLED:
+                    try:
+                        conn.execute(text)
+                    except psycopg.errors.SyntaxError:
+                        pass
+        serve.wait_count("postgresql", sum(expected.values()))
+        got = {}
+        for line in serve.metrics().splitlines():
+            if line.startswith("db_server_operation_duration_seconds_count{"):
+                lab = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                op = lab["db_operation_name"]
+                got[op] = got.get(op, 0) + float(line.rsplit(" ", 1)[1])
+        assert got == expected
+        failed = serve.count("postgresql", db_operation_name="OTHER", error_type="_OTHER")
+        assert failed == rounds
+        assert serve.stop() == 0
 
 
 def test_follows_a_server_started_later_restarted_and_gone():

@@ -68,3 +68,17 @@ def test_postgres_fingerprint():
     assert f("select true") == f("select null") == "select ?"
     # cut off inside a string: still one group
     assert f("select 'abc") == f("select 'defgh") == "select ?"
+
+
+def test_operation_keys_round_trip_and_stay_apart_from_fingerprints():
+    from dbslower import abi
+    from dbslower.aggregate import other_fp, other_operation
+    for word in ("SELECT", "DEALLOCATE", "OTHER", "A", ""):
+        key = abi.operation_key(word)
+        assert key % 2 == 0 and abi.operation_word(key) == word
+    assert abi.operation_word(abi.operation_key("CHECKPOINTXYZW")) == "CHECKPOINTXY+"
+    assert other_operation(abi.operation_key("CHECKPOINTXYZW")) == "OTHER"
+    assert other_operation(abi.operation_key("select")) == "SELECT"
+    assert other_operation(other_fp("COMMIT")) == "COMMIT"
+    assert other_operation(0x1234_5678_9abc_def1) is None  # kernel fingerprints are odd
+    assert len({abi.operation_key(w) for w in ("SELECT", "SELEC", "ASELECT", "SELECTA")}) == 4

@@ -48,6 +48,9 @@
 #ifndef DIGEST_ENTRIES
 #define DIGEST_ENTRIES 16384
 #endif
+#ifndef DIGEST_BY_OPERATION
+#define DIGEST_BY_OPERATION 0
+#endif
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, CTR_COUNT);
@@ -216,11 +219,20 @@ BPF_PERCPU_ARRAY(hist_extra, u64, 2);
 #endif
 
 #if MODE == MODE_DIGEST
+#if DIGEST_BY_OPERATION
+/* Keyed by (operation, database, server): a few keys, each updated by every
+ * CPU for every statement, so each CPU has its own copy and no cache line
+ * moves between CPUs per statement (plan.py sizes them: DIGEST_ENTRIES is
+ * 2048 here, keys of operations x databases x servers). */
+BPF_PERCPU_HASH(digests, struct digest_key, struct digest_stats, DIGEST_ENTRIES);
+BPF_PERCPU_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
+#else
 BPF_HASH(digests, struct digest_key, struct digest_stats, DIGEST_ENTRIES);
 /* 16384 statement shapes at once; user space folds cold ones away above 75%
  * (pipeline.py, Source.evict_cold). 8 buckets per shape on average (errors
  * by code add keys, but failing shapes are few). */
 BPF_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
+#endif
 /* While `digests` is full (a burst of new shapes faster than user space
  * folds), statements are counted here without their fingerprint (fp 0),
  * per database and server: 1024 such pairs, and their buckets. */
@@ -255,6 +267,26 @@ BPF_ARRAY(slow_ns, u64, 1);
 #if MODE == MODE_DIGEST
 static __always_inline void digest_update(struct query_event *ev, u64 fp);
 #endif
+
+/* Whether a finished statement's whole text and context can leave the
+ * kernel. Digests keyed by operation need only the first word, unless the
+ * statement is over serve's threshold and streamed: engines then read less
+ * for the statements under it (a prefix of OP_PREFIX_BYTES). */
+#define OP_PREFIX_BYTES (OP_SCAN_BYTES + OP_LETTERS + 1)
+static __always_inline int needs_full_text(u64 duration_ns)
+{
+#if MODE == MODE_DIGEST && DIGEST_BY_OPERATION && SLOW_EVENTS
+	u32 slot = 0;
+	u64 *slow = slow_ns.lookup(&slot);
+	return slow && *slow && duration_ns + 1 >= *slow;
+#else
+	return 1;
+#endif
+}
+
+/* Defined by the engine's fragment: the fingerprint of the statement kept
+ * under cache_key (see finish_statement_cached) is fp. */
+static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp);
 
 /*
  * A statement has finished. ev holds its header and text; the caller has set
@@ -294,6 +326,18 @@ static __always_inline void finish_statement_cached(struct query_event *ev, u64 
 		digest_update(ev, ev->fp);
 		return;
 	}
+#if DIGEST_BY_OPERATION
+	/* Keyed by the first word, found in a few bytes: no hashing of the
+	 * whole text, no tail calls. */
+	u64 key = operation_key(ev->text, bounded_len(ev->text_len));
+	if (cache_key)
+		engine_fingerprinted(cache_key, ev->pid, key);
+	digest_update(ev, key);
+	/* ev is the engine's own: the key digest_update stamped on the records
+	 * it sent must not pass for the next statement's cached one. */
+	ev->fp = 0;
+	return;
+#endif
 	u32 zero = 0;
 	struct fp_work *w = fp_work.lookup(&zero);
 	if (!w)
@@ -315,10 +359,6 @@ static __always_inline void finish_statement(struct query_event *ev)
 {
 	finish_statement_cached(ev, 0);
 }
-
-/* Defined by the engine's fragment: the fingerprint of the statement kept
- * under cache_key (see finish_statement_cached) is fp. */
-static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp);
 
 #if MODE == MODE_DIGEST
 /* Adds one to a statement's bucket, in digest_hist or, while the digest

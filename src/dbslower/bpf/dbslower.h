@@ -14,6 +14,8 @@
  *   ENGINE         ENGINE_POSTGRES or ENGINE_MYSQL
  *   USE_USDT       1: USDT probes, 0: uprobes on exported functions
  *   SLOW_EVENTS    1 (top): digest mode also streams statements over slow_ns
+ *   DIGEST_BY_OPERATION 1 (serve without fingerprint metrics): digests keyed
+ *                  by the statement's first word, not its fingerprint
  *   SERVER_IDS     1 (serve): digests per server and PostgreSQL database (MyDatabaseId)
  * and per engine the rows of dbslower/quirks.py (PG_STATE_RUNNING, DC_*, ...).
  */

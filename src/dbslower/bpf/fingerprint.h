@@ -108,4 +108,86 @@ static __always_inline u32 fp_byte(u32 state, char c, char prev, u64 *hash, char
 #define FP_MAX_CHUNKS 32 /* the kernel allows 33 tail calls in a chain */
 #define FP_MAX_BYTES (FP_CHUNK * FP_MAX_CHUNKS)
 
+/*
+ * The digest key of DIGEST_BY_OPERATION (serve without per-fingerprint
+ * metrics, whose labels need no more than db.operation.name): the
+ * statement's first word, found after blanks, '(' and comments within its
+ * first OP_SCAN_BYTES bytes, as up to OP_LETTERS letters packed 5 bits each
+ * ('a' or 'A' = 1, the first letter highest), shifted left once and tagged
+ * OP_KEY_TAG; OP_KEY_LONG when the word has more letters. Even, so never a
+ * kernel fingerprint (those are odd). dbslower/abi.py unpacks it, and
+ * dbslower/fingerprint.py's operation_name() applies the same rule to text.
+ */
+#define OPK_SKIP 0
+#define OPK_SLASH 1
+#define OPK_DASH 2
+#define OPK_BLOCK 3
+#define OPK_LINE 4
+#define OPK_WORD 5
+
+static __always_inline u64 operation_key(const char *text, u32 len)
+{
+	u64 packed = 0, longer = 0;
+	u32 letters = 0, state = OPK_SKIP;
+	char prev = 0;
+	for (u32 i = 0; i < OP_SCAN_BYTES + OP_LETTERS + 1; i++) {
+		if (i >= len)
+			break;
+		char c = text[i & (TEXT_BYTES - 1)];
+		char lower = c | 0x20;
+		int letter = lower >= 'a' && lower <= 'z';
+		if (state == OPK_WORD) {
+			if (!letter)
+				break;
+			if (letters == OP_LETTERS) {
+				longer = OP_KEY_LONG;
+				break;
+			}
+			packed = (packed << 5) | (u64)(lower - 'a' + 1);
+			letters++;
+			continue;
+		}
+		if (i >= OP_SCAN_BYTES)
+			break;
+		if (state == OPK_BLOCK) {
+			if (c == '/' && prev == '*')
+				state = OPK_SKIP;
+			prev = c;
+			continue;
+		}
+		if (state == OPK_LINE) {
+			if (c == '\n')
+				state = OPK_SKIP;
+			continue;
+		}
+		if (state == OPK_SLASH) {
+			if (c != '*')
+				break;
+			state = OPK_BLOCK;
+			prev = 0; /* the opening star closes nothing */
+			continue;
+		}
+		if (state == OPK_DASH) {
+			if (c != '-')
+				break;
+			state = OPK_LINE;
+			continue;
+		}
+		if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '(')
+			continue;
+		if (c == '/') {
+			state = OPK_SLASH;
+		} else if (c == '-') {
+			state = OPK_DASH;
+		} else if (letter) {
+			state = OPK_WORD;
+			packed = (u64)(lower - 'a' + 1);
+			letters = 1;
+		} else {
+			break;
+		}
+	}
+	return OP_KEY_TAG | longer | (packed << 1);
+}
+
 #endif

@@ -132,16 +132,19 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 #endif
 	if (v->ev.duration_ns < THRESHOLD_NS || MODE == MODE_HIST)
 		return;
+	int full = needs_full_text(v->ev.duration_ns);
 	if (v->ev.command == COM_QUERY) {
 #if THD_QUERY_OFFSET >= 0
 		u64 q[2] = {};
 		bpf_probe_read_user(q, sizeof(q), (void *)(v->thd + THD_QUERY_OFFSET));
-		copy_counted(&v->ev, (const char *)q[0], q[1]);
+		copy_counted(&v->ev, (const char *)q[0], full || q[1] < OP_PREFIX_BYTES ? q[1] : OP_PREFIX_BYTES);
 #endif
 	} else {
 		struct ps_key k = {.ps = v->ps, .tgid = tgid};
 		struct ps_text *t = v->ps ? ps_texts.lookup(&k) : 0;
-		if (t) {
+		if (t && t->fp && !full) {
+			v->ev.fp = t->fp; /* its digest key is known: no text needed */
+		} else if (t) {
 			u32 n = bounded_len(t->len);
 			bpf_probe_read_kernel(v->ev.text, n, t->text);
 			v->ev.text_len = n;
@@ -154,6 +157,8 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 		}
 	}
 #if THD_DB_OFFSET >= 0
+	if (!full)
+		return;
 	u64 db = 0;
 	bpf_probe_read_user(&db, sizeof(db), (void *)(v->thd + THD_DB_OFFSET));
 	if (db)
