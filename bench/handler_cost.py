@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 from lab.servers import MariaServer, PgServer  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
-MODES = {"filter": ["-m", "100000"], "digest": ["--digest"], "serve": ["serve", "--listen", "127.0.0.1:19557"]}
+MODES = {"filter": ["-m", "100000"], "digest": ["--digest"], "serve": ["serve", "--listen", "127.0.0.1:19557"],
+         "serve-fp": ["serve", "--fingerprint-metrics", "--listen", "127.0.0.1:19557"]}
 # PostgreSQL's socket method: its syscall tracepoints also run for every
 # other process's recvfrom/sendto (pgbench's too), and that time counts here.
 SOCKET_MODES = {"socket-filter": ["--method", "socket", "-m", "100000"],
@@ -40,7 +41,7 @@ def _programs(prefix):
 
 
 def _traced(engine, pid, mode, prefix, workload):
-    args = MODES[mode] if mode == "serve" else [engine] + {**MODES, **SOCKET_MODES}[mode]
+    args = MODES[mode] if mode.startswith("serve") else [engine] + {**MODES, **SOCKET_MODES}[mode]
     p = subprocess.Popen([sys.executable, "-m", "dbslower"] + args + ["-p", str(pid)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

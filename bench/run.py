@@ -39,7 +39,9 @@ OURS = {
     "socket-stream": ["--method", "socket", "-m", "0", "-j"],
     "socket-hist": ["--method", "socket", "--hist", "-j"],
 }
-CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "serve", "bcc", "serverlog",
+# serve: as installed (kernel digests by operation); serve-fp: with the opt-in
+# per-fingerprint metrics (kernel digests by fingerprint)
+CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "serve", "serve-fp", "bcc", "serverlog",
               "socket-floor", "socket-filter", "socket-stream", "socket-hist"]
 SERVE_PORT = 19479
 FP = {"mariadb-point": "select c from sbtest? where id=?",
@@ -180,8 +182,9 @@ class Bench:
         out = self.tmp / f"{workload}-{cond}.out"
         if cond in OURS:
             return Tracer([sys.executable, "-m", "dbslower", engine, "-p", str(pid), *OURS[cond]], b"Tracing", out)
-        if cond == "serve":
-            t = Tracer([sys.executable, "-m", "dbslower", "serve", "-p", str(pid), "--fingerprint-metrics",
+        if cond in ("serve", "serve-fp"):
+            extra = ["--fingerprint-metrics"] if cond == "serve-fp" else []
+            t = Tracer([sys.executable, "-m", "dbslower", "serve", "-p", str(pid), *extra,
                         "--listen", f"127.0.0.1:{SERVE_PORT}"], b"Tracing", out)
             t.scraper = Scraper(SERVE_PORT)
             return t
@@ -220,11 +223,16 @@ class Bench:
         m = re.search(rb"(\d+) events lost", tracer.stderr)
         if m:
             lost = int(m.group(1))
-        if cond == "serve":
+        if cond == "serve-fp":
             fp = FP[workload]
             m = re.search(r'^dbslower_query_duration_seconds_count\{[^}]*db_query_summary="' + re.escape(fp)
                           + r'"[^}]*\} (\S+)', scraper.last, re.M)
             row["events"] = int(float(m.group(1))) if m else 0
+        if cond == "serve":
+            row["events"] = int(sum(float(x) for x in re.findall(
+                r'^db_server_operation_duration_seconds_count\{[^}]*db_operation_name="SELECT"[^}]*\} (\S+)',
+                scraper.last, re.M)))
+        if cond.startswith("serve"):
             lost = int(sum(float(x) for x in re.findall(r"^dbslower_events_lost_total\{[^}]*\} (\S+)",
                                                           scraper.last, re.M)))
         elif cond in ("stream", "bcc", "socket-stream"):
