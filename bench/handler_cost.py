@@ -20,8 +20,8 @@ from lab.servers import MariaServer, PgServer  # noqa: E402
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
 MODES = {"filter": ["-m", "100000"], "digest": ["--digest"], "serve": ["serve", "--listen", "127.0.0.1:19557"],
          "serve-fp": ["serve", "--fingerprint-metrics", "--listen", "127.0.0.1:19557"]}
-# PostgreSQL's socket method: its syscall tracepoints also run for every
-# other process's recvfrom/sendto (pgbench's too), and that time counts here.
+# The socket method: its syscall tracepoints also run for every other
+# process's recvfrom/sendto (pgbench's and sysbench's too), and that time counts here.
 SOCKET_MODES = {"socket-filter": ["--method", "socket", "-m", "100000"],
                 "socket-hist": ["--method", "socket", "--hist"]}
 SOCKET_PREFIX = "tracepoint__sys"  # bpftool shows 15 characters of tracepoint__syscalls__sys_*
@@ -80,12 +80,13 @@ def main(seconds=4):
                     rows.append(_row(f"pg-{proto}", mode, progs, n))
         with MariaServer() as maria:
             maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
-            for mode in MODES:
+            for mode in [*MODES, *SOCKET_MODES]:
                 def run():
                     out = maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "--threads=2",
                                          f"--time={seconds}", "run")
                     return int(next(line for line in out.splitlines() if "queries:" in line).split()[1])
-                progs, n = _traced("mysql", maria.pid, mode, "my_", run)
+                prefix = SOCKET_PREFIX if mode in SOCKET_MODES else "my_"
+                progs, n = _traced("mysql", maria.pid, mode, prefix, run)
                 rows.append(_row("mariadb-point", mode, progs, n))
     finally:
         STATS.write_text(before)

@@ -33,7 +33,7 @@ OURS = {
     "stream": ["-m", "0", "-j"],
     "digest": ["--digest", "-j"],
     "hist": ["--hist", "-j"],
-    # PostgreSQL only: the socket method (syscall tracepoints)
+    # the socket method (syscall tracepoints)
     "socket-floor": ["--method", "socket", "--floor"],
     "socket-filter": ["--method", "socket", "-m", "100000"],
     "socket-stream": ["--method", "socket", "-m", "0", "-j"],
@@ -283,8 +283,6 @@ class Bench:
         return statistics.mean(traced), row, t_ready
 
     def measure(self, workload, cond):
-        if cond.startswith("socket-") and not workload.startswith("pg-"):
-            return None  # the socket method is PostgreSQL's
         if cond == "bcc" and workload.startswith("pg-"):
             if workload != "pg-simple":
                 return None  # bcc's tool sees only the simple protocol

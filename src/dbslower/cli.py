@@ -22,6 +22,7 @@ EXAMPLES = """examples:
     dbslower postgres -d 30 --context      # 30 s, with user, db, client columns
     dbslower postgres --hist 5       # latency histogram every 5 s
     dbslower postgres --method socket -m 5   # cheaper: timed at the backends' sockets
+    dbslower mysql --method socket --hist   # cheaper: timed at the server's sockets
     dbslower mysql --digest 10 3     # per-fingerprint digest, 3 times 10 s
 """
 
@@ -116,7 +117,7 @@ def build_parser(engine=True, add_help=True):
     p.add_argument("--redact", action="store_true",
                    help="replace every literal in the reported text with ? (bind values are never read)")
     p.add_argument("--method", choices=["auto", "socket"], default="auto",
-                   help="postgres: 'socket' times each request at the backend's socket with syscall "
+                   help="'socket' times each request at the server's client socket with syscall "
                         "tracepoints (cheaper; includes reading and answering it; no --digest); "
                         "'auto' (default) uses the server's USDT probes or exported functions")
     # bench/ only: attach the same probes with handlers that do nothing

@@ -155,6 +155,21 @@ def _pg_socket_target(binary, elf, run_pid, hits):
             ["common.bpf.c", "pg_context.bpf.c", "postgres_socket.bpf.c"])
 
 
+def _my_socket_target(binary, elf, run_pid, hits):
+    """--method socket: syscall tracepoints on the server threads' recvfrom
+    and sendto (bpf/mysql_socket.bpf.c); no probe in the binary."""
+    hits.append("4 syscall tracepoint hits per command (3 recvfrom exits: EAGAIN before the thread waits, "
+                "the packet header, its payload; a sendto entry), 3 when the next command is already there; "
+                "+1 per further send of a long reply")
+    probes = [Probe("tracepoint", f"syscalls:{tp}", f"tracepoint__syscalls__{tp}")
+              for tp in ("sys_exit_recvfrom", "sys_enter_sendto")]
+    cflags = {f"COM_{k[4:]}": v for k, v in quirks.COM.items()}
+    notes = ["latency includes reading the command and sending the reply; a multi-statement query is one "
+             "statement; no user, database or connection id; TLS connections cannot be read (counted)"]
+    return ("socket", "--method socket: the server threads' recvfrom/sendto syscall tracepoints", probes, cflags,
+            notes, ["common.bpf.c", "mysql_socket.bpf.c"])
+
+
 METHODS = ("auto", "socket")
 SOCKET_MODES = ("stream", "hist", "floor")
 
@@ -262,7 +277,7 @@ def plan_target(engine, path, servers, no_usdt=None, method="auto"):
     with ElfFile(path) as elf:
         build = _pg_target if engine == "postgres" else _mysql_target
         if method == "socket":
-            build = _pg_socket_target
+            build = _pg_socket_target if engine == "postgres" else _my_socket_target
         hits = []
         method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits)
         if no_usdt:
@@ -315,8 +330,6 @@ def check_method(engine, mode, binary, method):
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", f"one of {', '.join(METHODS)}")
     if method == "socket":
-        if engine != "postgres":
-            raise UsageError("--method socket is for PostgreSQL only")
         if mode not in SOCKET_MODES:
             raise UsageError("--method socket gives no text for some statements, so no digests",
                              "use it for slow statements or --hist")

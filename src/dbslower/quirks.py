@@ -102,7 +102,8 @@ def pg_plansource_query_string(major):
 COM = {
     "COM_SLEEP": 0, "COM_QUIT": 1, "COM_INIT_DB": 2, "COM_QUERY": 3,
     "COM_PING": 14, "COM_STMT_PREPARE": 22, "COM_STMT_EXECUTE": 23,
-    "COM_STMT_CLOSE": 25, "COM_STMT_BULK_EXECUTE": 250,
+    "COM_STMT_SEND_LONG_DATA": 24, "COM_STMT_CLOSE": 25, "COM_STMT_RESET": 26,
+    "COM_STMT_BULK_EXECUTE": 250,
 }
 COM_NAMES = {v: k for k, v in COM.items()}
 

@@ -69,13 +69,26 @@ def test_postgres_socket_variants(pg, mode, text_bytes):
                                                   "tracepoint__syscalls__sys_enter_sendto"}
 
 
+@pytest.mark.parametrize("mode", ["stream", "hist", "floor"])
+@pytest.mark.parametrize("text_bytes", [1024, 8192])
+def test_mysql_socket_variants(maria, mode, text_bytes):
+    require_root()
+    from dbslower.discover import find_servers
+    servers = find_servers("mysql", pids=[maria.pid])
+    got, sizes = load("mysql", servers, mode, text_bytes, True, method="socket")
+    assert got == "socket" and set(sizes) == {"tracepoint__syscalls__sys_exit_recvfrom",
+                                              "tracepoint__syscalls__sys_enter_sendto"}
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
 @pytest.mark.parametrize("mode", ["digest", "top", "serve"])
-def test_postgres_socket_refuses_digests(pg, mode):
+def test_socket_method_refuses_digests(pg, maria, engine, mode):
     from dbslower.discover import find_servers
     from dbslower.errors import UsageError
     from dbslower.plan import make_plan
+    server = pg if engine == "postgres" else maria
     with pytest.raises(UsageError):
-        make_plan("postgres", find_servers("postgres", pids=[pg.pid]), mode=mode, method="socket")
+        make_plan(engine, find_servers(engine, pids=[server.pid]), mode=mode, method="socket")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -30,7 +30,7 @@ def clean_error(r, code, needle):
     (["top", "-p", "1", "-x", "/bin/true"], "-p and -x cannot be combined"),
     (["serve", "-m", "-1"], "must be a finite number"),
     (["serve", "--interval", "0"], "must be > 0"),
-    (["mysql", "--method", "socket"], "for PostgreSQL only"),
+    (["mysql", "--method", "socket", "--digest"], "no digests"),
     (["postgres", "--method", "socket", "--digest"], "no digests"),
     (["postgres", "--method", "socket", "-x", "/bin/true"], "not a binary"),
     (["postgres", "--method", "udp"], "invalid choice"),

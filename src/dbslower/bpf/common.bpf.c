@@ -129,6 +129,19 @@ static __always_inline void copy_cstr(struct query_event *ev, const char *text)
 	copy_user_str(ev->text, &ev->text_len, &ev->flags, text);
 }
 
+/* Copies len bytes of statement text (not NUL-terminated) into ev. */
+static __always_inline void copy_counted(struct query_event *ev, const char *text, u64 len)
+{
+	if (len > TEXT_BYTES)
+		ev->flags |= EV_TRUNCATED;
+	u32 n = bounded_len(len);
+	if (bpf_probe_read_user(ev->text, n, text) < 0) {
+		ev->flags |= EV_NO_TEXT;
+		n = 0;
+	}
+	ev->text_len = n;
+}
+
 /* The benchmark's floor: the same probe sites, handlers that do nothing. */
 #if MODE == MODE_FLOOR
 #define FLOOR_RETURN() return 0

@@ -59,19 +59,6 @@ static __always_inline int traced_command(u32 cmd)
 	return cmd == COM_QUERY || cmd == COM_STMT_EXECUTE || cmd == COM_STMT_BULK_EXECUTE;
 }
 
-/* Copies len bytes of statement text (not NUL-terminated) into ev. */
-static __always_inline void copy_counted(struct query_event *ev, const char *text, u64 len)
-{
-	if (len > TEXT_BYTES)
-		ev->flags |= EV_TRUNCATED;
-	u32 n = bounded_len(len);
-	if (bpf_probe_read_user(ev->text, n, text) < 0) {
-		ev->flags |= EV_NO_TEXT;
-		n = 0;
-	}
-	ev->text_len = n;
-}
-
 int my_dispatch_entry(struct pt_regs *ctx)
 {
 	FLOOR_RETURN();

@@ -1,0 +1,347 @@
+/*
+ * MySQL and MariaDB, socket method (--method socket): a statement is a
+ * command on the server thread's client socket, timed from the recvfrom()
+ * that brought the command's payload to the last sendto() of its reply.
+ * Syscall tracepoints only, no uprobe.
+ *
+ * The wire protocol (MySQL's "Client/Server Protocol"; MariaDB's is the same
+ * for what is read here): packets of a 3-byte little-endian payload length
+ * and a sequence id, then the payload. A command is a packet with sequence
+ * id 0 whose first payload byte is the command; COM_QUERY's text follows it,
+ * COM_STMT_EXECUTE's 4-byte statement id follows it. The server reads a
+ * packet's 4-byte header and then its payload with separate recv() calls,
+ * both into the same place of its buffer (sql/net_serv.cc, my_real_read),
+ * with MSG_DONTWAIT, polling on EAGAIN (vio/viosocket.c, vio_read); so a
+ * command costs 3 tracepoint hits when the thread waited for it (EAGAIN,
+ * header, payload) and a reply at least one more (sendto). A reply ends at
+ * its last send(), which the server makes before it reads again: a command
+ * is reported at the thread's next read, with the last send's time as its
+ * end. An error reply is an ERR packet, 0xFF and the 2-byte error code, and
+ * it is the reply's last packet; COM_STMT_PREPARE's OK reply carries the
+ * statement id that COM_STMT_EXECUTE then names.
+ *
+ * What it measures, against the server's own slow log: also the reading of
+ * the payload and the sending of the reply (a few microseconds). A
+ * multi-statement COM_QUERY is one statement (the slow log has a line per
+ * statement). There is no connection context (user, database, connection
+ * id). A TLS connection cannot be read: each of its TLS data records is
+ * counted as not followed (CTR_UNFOLLOWED); a compressed connection is not
+ * followed. An error after the first 16 packets of a reply's last send (rows
+ * before it) is not seen; LOAD DATA LOCAL INFILE ends when the server first
+ * waits for the file's data.
+ *
+ * Config: COM_* (quirks.py), MODE, THRESHOLD_NS, TEXT_BYTES.
+ */
+
+#define MS_IDLE 0     /* between commands */
+#define MS_BODY 1     /* a command's header was read: its payload comes next */
+#define MS_RUNNING 2  /* a traced command runs, or its reply is being sent */
+#define MS_OTHER 3    /* another command (or a PREPARE) runs or is answered */
+#define MY_WALK_PKTS 16 /* reply packets walked per send to find its last one */
+
+struct my_sock {
+	u64 conn_stamp;   /* when this thread's connection was seen starting (0: before tracing) */
+	u64 last_send_ns; /* entry of the reply's latest send() */
+	u32 conn_fd;
+	u32 payload_len;
+	u32 payload_left; /* payload bytes still to be read */
+	u32 stmt_id;      /* COM_STMT_EXECUTE's statement */
+	u32 walk_skip;    /* bytes of a reply packet that continue into the next send */
+	u8 state;         /* MS_* */
+	u8 cmd;
+	u8 sends;         /* send() calls of the reply so far, at most 2 */
+	u8 in_sync;       /* the reply's packet boundaries are known */
+	u8 pad[4];
+	struct query_event ev;
+};
+
+/* Per server thread: a thread serves one command at a time. Entries go when
+ * the thread exits (common.bpf.c). */
+BPF_HASH(my_sock_state, u32, struct my_sock, INFLIGHT_ENTRIES);
+BPF_PERCPU_ARRAY(my_sock_zero, struct my_sock, 1);
+
+struct stmt_key {
+	u32 tgid;
+	u32 fd;
+	u32 stmt_id;
+	u32 pad;
+};
+
+struct stmt_text {
+	u64 owner;        /* my_sock.conn_stamp of the connection that prepared it */
+	u32 text_len;
+	u8 flags;
+	u8 pad[3];
+	char text[TEXT_BYTES + 1];
+};
+
+/* Prepared statements' texts by connection and statement id. MariaDB allows
+ * 16382 prepared statements at once (max_prepared_stmt_count); 8192 (with
+ * the default 1 kB of text, 8 MB of kernel memory, fewer for longer texts),
+ * the least recently used going first: their executions then have no text,
+ * and are counted. COM_STMT_CLOSE deletes its entry. */
+#define STMT_ENTRIES (8192 * 1024 / TEXT_BYTES)
+BPF_TABLE("lru_hash", struct stmt_key, struct stmt_text, stmt_texts, STMT_ENTRIES);
+BPF_PERCPU_ARRAY(stmt_scratch, struct stmt_text, 1);
+
+static __always_inline u32 le24(const u8 *b)
+{
+	return (u32)b[0] | ((u32)b[1] << 8) | ((u32)b[2] << 16);
+}
+
+static __always_inline int traced_command(u8 cmd)
+{
+	return cmd == COM_QUERY || cmd == COM_STMT_EXECUTE || cmd == COM_STMT_BULK_EXECUTE;
+}
+
+/* Commands the server does not answer. */
+static __always_inline int unanswered(u8 cmd)
+{
+	return cmd == COM_QUIT || cmd == COM_STMT_CLOSE || cmd == COM_STMT_SEND_LONG_DATA;
+}
+
+/* A PREPARE's reply said OK with its statement id: keep the text for the
+ * executions. */
+static __always_inline void keep_prepared(struct my_sock *v, u32 tgid, u32 stmt_id)
+{
+	u32 zero = 0;
+	struct stmt_text *t = stmt_scratch.lookup(&zero);
+	if (!t)
+		return;
+	u32 n = bounded_len(v->ev.text_len);
+	t->owner = v->conn_stamp;
+	t->flags = v->ev.flags & EV_TRUNCATED;
+	t->text_len = n;
+	bpf_probe_read_kernel(t->text, n, v->ev.text);
+	struct stmt_key k = {.tgid = tgid, .fd = v->conn_fd, .stmt_id = stmt_id};
+	stmt_texts.update(&k, t);
+}
+
+/* The text of the command being reported, into ev (COM_QUERY's was copied
+ * while its payload was intact). */
+static __always_inline void prepared_text(struct my_sock *v, u32 tgid)
+{
+	struct stmt_key k = {.tgid = tgid, .fd = v->conn_fd, .stmt_id = v->stmt_id};
+	struct stmt_text *t = stmt_texts.lookup(&k);
+	if (t && t->owner == v->conn_stamp) {
+		u32 n = bounded_len(t->text_len);
+		bpf_probe_read_kernel(v->ev.text, n, t->text);
+		v->ev.text_len = n;
+		v->ev.flags |= t->flags;
+		return;
+	}
+	v->ev.flags |= EV_NO_TEXT;
+	count(CTR_NO_TEXT);
+}
+
+/* The thread reads again: the command before ended at its last send. */
+static __always_inline void report_command(struct my_sock *v, u32 tgid)
+{
+	v->state = MS_IDLE;
+	if (!v->sends)
+		return; /* no reply: nothing to time */
+	v->ev.duration_ns = v->last_send_ns - v->ev.start_ns;
+#if MODE != MODE_HIST
+	if (v->ev.duration_ns >= THRESHOLD_NS && v->cmd != COM_QUERY)
+		prepared_text(v, tgid);
+#endif
+	finish_statement(&v->ev);
+}
+
+/* The command's text: what this read of its payload brought. */
+static __always_inline void copy_payload(struct my_sock *v, const u8 *buf, long ret)
+{
+	u64 n = (u64)ret < v->payload_len ? (u64)ret - 1 : v->payload_len - 1;
+	copy_counted(&v->ev, (const char *)(buf + 1), n);
+	if (n < v->payload_len - 1)
+		v->ev.flags |= EV_TRUNCATED;
+}
+
+static __always_inline void start_command(struct my_sock *v, u64 now, u32 tgid, u32 tid, const u8 *buf,
+					  long ret)
+{
+	u8 head[5] = {};
+	bpf_probe_read_user(head, sizeof(head), buf);
+	u32 arg = (u32)head[1] | ((u32)head[2] << 8) | ((u32)head[3] << 16) | ((u32)head[4] << 24);
+	v->cmd = head[0];
+	v->sends = 0;
+	v->in_sync = 1;
+	v->walk_skip = 0;
+	v->ev.start_ns = now;
+	v->ev.pid = tgid;
+	v->ev.tid = tid;
+	v->ev.command = head[0];
+	v->ev.flags = 0;
+	v->ev.error_code = 0;
+	v->ev.text_len = 0;
+	v->ev.fp = 0;
+#if SERVER_IDS
+	struct proc_info *pp = procs.lookup(&tgid);
+	v->ev.server_id = pp ? pp->server_id : 0;
+#endif
+	if (traced_command(head[0])) {
+		v->state = MS_RUNNING;
+		v->stmt_id = arg;
+#if MODE != MODE_HIST
+		/* The text now: the server builds its reply in the same buffer
+		 * (NET::buff), and more of a long payload would overwrite it. */
+		if (head[0] == COM_QUERY)
+			copy_payload(v, buf, ret);
+#endif
+		return;
+	}
+	v->state = unanswered(head[0]) ? MS_IDLE : MS_OTHER;
+	if (head[0] == COM_STMT_CLOSE) {
+		struct stmt_key k = {.tgid = tgid, .fd = v->conn_fd, .stmt_id = arg};
+		stmt_texts.delete(&k);
+	}
+	if (head[0] == COM_STMT_PREPARE)
+		copy_payload(v, buf, ret); /* kept for the executions once the reply names the statement */
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+{
+	FLOOR_RETURN();
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct my_sock *v = my_sock_state.lookup(&tid);
+	if (!v && !pid_traced(tgid))
+		return 0; /* every other process on the host */
+	long ret = args->ret;
+	if (ret <= 0) {
+		/* EAGAIN: the server waits for its client's next command. */
+		if (v && v->state == MS_RUNNING && !v->payload_left)
+			report_command(v, tgid);
+		else if (v && v->state == MS_OTHER && !v->payload_left)
+			v->state = MS_IDLE;
+		return 0;
+	}
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 fd = 0, ubuf = 0, want = 0;
+	bpf_probe_read_kernel(&fd, sizeof(fd), &PT_REGS_PARM1(regs));
+	bpf_probe_read_kernel(&ubuf, sizeof(ubuf), &PT_REGS_PARM2(regs));
+	bpf_probe_read_kernel(&want, sizeof(want), &PT_REGS_PARM3(regs));
+	const u8 *buf = (const u8 *)ubuf;
+	if (!v) {
+		u32 zero = 0;
+		struct my_sock *init = my_sock_zero.lookup(&zero);
+		if (!init)
+			return 0;
+		if (my_sock_state.update(&tid, init) != 0) {
+			count(CTR_INFLIGHT_FULL);
+			return 0;
+		}
+		v = my_sock_state.lookup(&tid);
+		if (!v)
+			return 0;
+		v->conn_fd = fd;
+	}
+	if (v->payload_left && fd == v->conn_fd) {
+		/* A packet's payload (the server reads it after its header). */
+		if (v->state == MS_BODY)
+			start_command(v, bpf_ktime_get_ns(), tgid, tid, buf, ret);
+		v->payload_left = ret >= v->payload_left ? 0 : v->payload_left - ret;
+		return 0;
+	}
+	/* A new packet's header: the server asks for exactly its 4 bytes. */
+	u8 h[4] = {};
+	bpf_probe_read_user(h, sizeof(h), buf);
+	if (want != 4 || ret != 4) {
+		/* A TLS record (type 23, application data; version 3.x): a
+		 * connection that cannot be read. A compressed connection's
+		 * 7-byte headers are not followed either. */
+		if (h[0] == 23 && h[1] == 3)
+			count(CTR_UNFOLLOWED);
+		return 0;
+	}
+	u8 seq = h[3];
+	if (seq == 0 && v->state == MS_RUNNING)
+		report_command(v, tgid); /* a command sent before the last reply ended */
+	if (seq == 1) {
+		/* The client's handshake response: a new connection on fd. */
+		v->conn_stamp = bpf_ktime_get_ns();
+		v->state = MS_IDLE;
+	}
+	v->conn_fd = fd;
+	v->payload_len = le24(h);
+	v->payload_left = v->payload_len;
+	if (seq == 0 && v->payload_len)
+		v->state = MS_BODY;
+	/* Other packets (authentication, LOAD DATA LOCAL's file) are skipped
+	 * within the command they belong to. */
+	return 0;
+}
+
+/* Walks the packets of a reply's send from walk_skip on, to its last packet:
+ * an ERR packet there fails the command, with its code. */
+static __always_inline void walk_reply(struct my_sock *v, const u8 *buf, u64 len)
+{
+	u64 pos = v->walk_skip;
+	if (!v->in_sync)
+		return;
+	if (pos >= len) {
+		v->walk_skip = pos - len;
+		return;
+	}
+	u8 h[7] = {};
+	for (int i = 0; i < MY_WALK_PKTS; i++) {
+		if (bpf_probe_read_user(h, sizeof(h), buf + pos) != 0) {
+			v->in_sync = 0;
+			return;
+		}
+		u64 end = pos + 4 + le24(h);
+		if (end >= len) {
+			v->walk_skip = end - len;
+			if (end == len && h[4] == 0xFF) {
+				v->ev.flags |= EV_FAILED;
+				v->ev.error_code = (u32)h[5] | ((u32)h[6] << 8);
+			}
+			return;
+		}
+		pos = end;
+	}
+	v->in_sync = 0; /* more packets than walked: the reply's end cannot be read */
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+{
+	FLOOR_RETURN();
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct my_sock *v = my_sock_state.lookup(&tid);
+	if (!v || args->fd != v->conn_fd || (v->state != MS_RUNNING && v->state != MS_OTHER))
+		return 0;
+	const u8 *buf = (const u8 *)args->buff;
+	u64 len = args->len;
+	if (v->state == MS_OTHER) {
+		if (v->cmd == COM_STMT_PREPARE && !v->sends) {
+			u8 ok[9] = {};
+			bpf_probe_read_user(ok, sizeof(ok), buf);
+			if (ok[4] == 0)
+				keep_prepared(v, id >> 32, (u32)ok[5] | ((u32)ok[6] << 8) | ((u32)ok[7] << 16) |
+							      ((u32)ok[8] << 24));
+		}
+		v->sends = 1;
+		return 0;
+	}
+	u64 now = bpf_ktime_get_ns();
+	v->last_send_ns = now;
+	if (v->sends < 2)
+		v->sends++;
+	walk_reply(v, buf, len);
+	return 0;
+}
+
+static __always_inline int engine_thread_exit(u32 tid)
+{
+	struct my_sock *v = my_sock_state.lookup(&tid);
+	if (!v)
+		return 0;
+	int open = v->state == MS_RUNNING;
+	my_sock_state.delete(&tid);
+	return open;
+}
+
+static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp)
+{
+}
