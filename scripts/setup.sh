@@ -21,7 +21,7 @@ postgresql-15 postgresql-client-15 postgresql-contrib
 mariadb-server mariadb-client sysbench percona-toolkit
 systemtap-sdt-dev gcc g++ make procps
 python3-prometheus-client python3-argparse-manpage python3-argcomplete
-prometheus tmux systemd man-db util-linux dpkg-dev bpftool"
+prometheus tmux systemd man-db util-linux dpkg-dev bpftool nodejs"
 
 missing=""
 for p in $PKGS; do
@@ -76,4 +76,11 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   touch "$STAMP"
 fi
 "$VENV/bin/python" -c 'import bcc' || { echo "setup: bcc is not importable from $VENV" >&2; exit 1; }
+# Node.js drivers the tests use (tests/node/package.json). Debian's nodejs
+# comes without npm (NodeSource's includes it).
+command -v npm >/dev/null || apt-get install -y -qq npm >/dev/null
+if [ ! -d tests/node/node_modules ] || [ tests/node/package.json -nt tests/node/node_modules ]; then
+  npm install --prefix tests/node --no-audit --no-fund --silent
+  touch tests/node/node_modules
+fi
 note "ready"

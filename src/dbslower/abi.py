@@ -29,7 +29,8 @@ CTR_NO_TEXT = 2        # prepared statement text not found
 CTR_EXITED = 3         # a statement's process or thread exited before it finished
 CTR_INFLIGHT_FULL = 4  # no room to follow a statement (inflight table full)
 CTR_UNFOLLOWED = 5     # socket method: a request it could not read (TLS) or follow
-CTR_COUNT = 6
+CTR_UNFOLLOWED_CONN = 6  # socket method: a connection it cannot read (MySQL over TLS)
+CTR_COUNT = 7
 
 # query_event.error_code of a failed statement whose code was not seen (a
 # PostgreSQL error raised with a non-constant level, MySQL without a status
@@ -114,7 +115,8 @@ def c_defines():
     """{name: value} for the BPF program's #define lines."""
     names = ("ENGINE_POSTGRES", "ENGINE_MYSQL", "MODE_STREAM", "MODE_HIST", "MODE_DIGEST", "MODE_FLOOR",
              "EV_TRUNCATED", "EV_FAILED", "EV_NO_TEXT", "KIND_QUERY", "KIND_SAMPLE", "KIND_EXIT", "KIND_APP",
-             "CTR_LOST_EVENTS", "CTR_MAP_FULL", "CTR_NO_TEXT", "CTR_EXITED", "CTR_INFLIGHT_FULL", "CTR_UNFOLLOWED", "CTR_COUNT",
+             "CTR_LOST_EVENTS", "CTR_MAP_FULL", "CTR_NO_TEXT", "CTR_EXITED", "CTR_INFLIGHT_FULL", "CTR_UNFOLLOWED",
+             "CTR_UNFOLLOWED_CONN", "CTR_COUNT",
              "HIST_SUB_BITS", "HIST_MIN_SHIFT", "HIST_OCTAVES", "OP_LETTERS", "OP_SCAN_BYTES")
     out = {n: globals()[n] for n in names}
     out["ERROR_CODE_UNKNOWN"] = f"{ERROR_CODE_UNKNOWN}U"

@@ -124,3 +124,68 @@ def test_socket_method_prepared_before_tracing_is_marked(maria):
     assert events and all(e["text_missing"] and e["command"] == "COM_STMT_EXECUTE" for e in events)
     m = re.search(r"dbslower: (\d+) statements had no text: prepared before tracing", run.stderr)
     assert m and len(events) - 100 <= int(m[1]) <= len(events), run.stderr
+
+
+def test_socket_method_direct_execution_has_its_text(maria):
+    """The Node.js mariadb driver sends a PREPARE and its EXECUTE together,
+    the EXECUTE naming statement id 0xFFFFFFFF (MariaDB 10.2+: the one just
+    prepared)."""
+    import shutil
+    import subprocess
+    from helpers import ROOT, require
+    node_dir = ROOT / "tests" / "node"
+    require(shutil.which("node") and (node_dir / "node_modules" / "mariadb").is_dir(),
+            "node and the mariadb npm package are not installed (make setup)")
+    with Run(["mysql", "--method", "socket", "-m", "0", "-j", "-p", maria.pid]) as run:
+        out = subprocess.run(["node", node_dir / "mariadb_execute.js", str(maria.sock)], capture_output=True,
+                             text=True, cwd=node_dir, timeout=60)
+        assert out.returncode == 0 and "done 3" in out.stdout, out
+    executes = [e for e in run.events() if e["command"] == "COM_STMT_EXECUTE"]
+    assert [e["query"] for e in executes] == ["SELECT ? + 1 AS n"] * 3
+    assert not any(e["text_missing"] for e in executes) and "no text" not in run.stderr
+
+
+def test_socket_method_counts_tls_connections_it_cannot_read():
+    """Over TLS the packets cannot be read (and the server then uses read()
+    and write(), not traced): each such connection is counted as not
+    followed (shown at exit), its statements never reported wrong; the same
+    server's plain connections are still traced."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import pymysql
+
+    from lab.servers import MariaServer
+    keys = Path(tempfile.mkdtemp(prefix="dbslower-tls-"))  # readable by the server's user, unlike pytest's tmp
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", keys / "server.key", "-out", keys / "server.crt"], check=True, capture_output=True)
+    for f in (keys, keys / "server.key", keys / "server.crt"):
+        shutil.chown(f, "dbslower_my")
+    (keys / "server.key").chmod(0o600)
+    with MariaServer(options=[f"--ssl-cert={keys / 'server.crt'}", f"--ssl-key={keys / 'server.key'}"]) as my:
+        with Run(["mysql", "--method", "socket", "-m", "0", "-j", "-p", my.pid]) as run:
+            for _ in range(2):
+                conn = pymysql.connect(unix_socket=str(my.sock), user="root", autocommit=True,
+                                       ssl={"check_hostname": False})
+                cur = conn.cursor()
+                cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")
+                assert cur.fetchone()[1], "the connection is not encrypted"
+                for i in range(10):
+                    cur.execute("SELECT %s AS over_tls", (i,))
+                    cur.fetchall()
+                conn.close()
+            plain = pymysql.connect(unix_socket=str(my.sock), user="root", autocommit=True, ssl_disabled=True)
+            cur = plain.cursor()
+            cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")
+            assert not cur.fetchone()[1], "the plain connection is encrypted"
+            cur.execute("SELECT 'in the clear'")
+            plain.close()
+            time.sleep(0.2)
+    shutil.rmtree(keys)
+    queries = [e["query"] for e in run.events()]
+    assert "SELECT 'in the clear'" in queries
+    assert not any("over_tls" in q for q in queries)
+    m = re.search(r"(\d+) connection not followed", run.stderr)
+    assert m and int(m.group(1)) == 2, run.stderr

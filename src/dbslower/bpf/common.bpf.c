@@ -142,6 +142,25 @@ static __always_inline void copy_counted(struct query_event *ev, const char *tex
 	ev->text_len = n;
 }
 
+/* At a syscall's exit tracepoint (the socket methods): its first three
+ * arguments, from the task's saved user registers (bpf_task_pt_regs, Linux
+ * 5.15+), so that its entry need not be traced too. */
+struct syscall_args {
+	u64 fd;
+	u64 buf;
+	u64 len;
+};
+
+static __always_inline struct syscall_args exit_syscall_args(void)
+{
+	struct syscall_args a = {};
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	bpf_probe_read_kernel(&a.fd, sizeof(a.fd), &PT_REGS_PARM1(regs));
+	bpf_probe_read_kernel(&a.buf, sizeof(a.buf), &PT_REGS_PARM2(regs));
+	bpf_probe_read_kernel(&a.len, sizeof(a.len), &PT_REGS_PARM3(regs));
+	return a;
+}
+
 /* The benchmark's floor: the same probe sites, handlers that do nothing. */
 #if MODE == MODE_FLOOR
 #define FLOOR_RETURN() return 0

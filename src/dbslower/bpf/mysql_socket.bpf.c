@@ -24,8 +24,9 @@
  * the payload and the sending of the reply (a few microseconds). A
  * multi-statement COM_QUERY is one statement (the slow log has a line per
  * statement). There is no connection context (user, database, connection
- * id). A TLS connection cannot be read: each of its TLS data records is
- * counted as not followed (CTR_UNFOLLOWED); a compressed connection is not
+ * id). A TLS connection cannot be read, and the server then reads and
+ * writes it with read()/write(), which are not traced: each is counted once,
+ * at its SSL request (CTR_UNFOLLOWED_CONN); a compressed connection is not
  * followed. An error after the first 16 packets of a reply's last send (rows
  * before it) is not seen; LOAD DATA LOCAL INFILE ends when the server first
  * waits for the file's data.
@@ -37,6 +38,8 @@
 #define MS_BODY 1     /* a command's header was read: its payload comes next */
 #define MS_RUNNING 2  /* a traced command runs, or its reply is being sent */
 #define MS_OTHER 3    /* another command (or a PREPARE) runs or is answered */
+#define MS_HANDSHAKE 4 /* the client's handshake response comes next */
+#define CLIENT_SSL 0x800 /* capability flag: the client switches to TLS now */
 #define MY_WALK_PKTS 16 /* reply packets walked per send to find its last one */
 
 struct my_sock {
@@ -46,6 +49,7 @@ struct my_sock {
 	u32 payload_len;
 	u32 payload_left; /* payload bytes still to be read */
 	u32 stmt_id;      /* COM_STMT_EXECUTE's statement */
+	u32 last_prepared; /* the id the last PREPARE's reply gave */
 	u32 walk_skip;    /* bytes of a reply packet that continue into the next send */
 	u8 state;         /* MS_* */
 	u8 cmd;
@@ -115,6 +119,7 @@ static __always_inline void keep_prepared(struct my_sock *v, u32 tgid, u32 stmt_
 	bpf_probe_read_kernel(t->text, n, v->ev.text);
 	struct stmt_key k = {.tgid = tgid, .fd = v->conn_fd, .stmt_id = stmt_id};
 	stmt_texts.update(&k, t);
+	v->last_prepared = stmt_id;
 }
 
 /* The text of the command being reported, into ev (COM_QUERY's was copied
@@ -181,7 +186,9 @@ static __always_inline void start_command(struct my_sock *v, u64 now, u32 tgid, 
 #endif
 	if (traced_command(head[0])) {
 		v->state = MS_RUNNING;
-		v->stmt_id = arg;
+		/* MariaDB 10.2+: id 0xFFFFFFFF executes the statement prepared
+		 * last on the connection (a PREPARE and its EXECUTE sent together). */
+		v->stmt_id = arg == 0xFFFFFFFF ? v->last_prepared : arg;
 #if MODE != MODE_HIST
 		/* The text now: the server builds its reply in the same buffer
 		 * (NET::buff), and more of a long payload would overwrite it. */
@@ -195,8 +202,10 @@ static __always_inline void start_command(struct my_sock *v, u64 now, u32 tgid, 
 		struct stmt_key k = {.tgid = tgid, .fd = v->conn_fd, .stmt_id = arg};
 		stmt_texts.delete(&k);
 	}
+#if MODE != MODE_HIST
 	if (head[0] == COM_STMT_PREPARE)
 		copy_payload(v, buf, ret); /* kept for the executions once the reply names the statement */
+#endif
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
@@ -216,12 +225,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 			v->state = MS_IDLE;
 		return 0;
 	}
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	u64 fd = 0, ubuf = 0, want = 0;
-	bpf_probe_read_kernel(&fd, sizeof(fd), &PT_REGS_PARM1(regs));
-	bpf_probe_read_kernel(&ubuf, sizeof(ubuf), &PT_REGS_PARM2(regs));
-	bpf_probe_read_kernel(&want, sizeof(want), &PT_REGS_PARM3(regs));
-	const u8 *buf = (const u8 *)ubuf;
+	struct syscall_args a = exit_syscall_args();
+	u64 fd = a.fd, want = a.len;
+	const u8 *buf = (const u8 *)a.buf;
 	if (!v) {
 		u32 zero = 0;
 		struct my_sock *init = my_sock_zero.lookup(&zero);
@@ -240,27 +246,33 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 		/* A packet's payload (the server reads it after its header). */
 		if (v->state == MS_BODY)
 			start_command(v, bpf_ktime_get_ns(), tgid, tid, buf, ret);
+		if (v->state == MS_HANDSHAKE) {
+			/* An SSL request: the handshake response cut after its
+			 * 32 bytes of capabilities, then TLS, which the server
+			 * reads with read() and writes with write(): none of the
+			 * connection's commands can be seen or counted. */
+			u32 caps = 0;
+			bpf_probe_read_user(&caps, sizeof(caps), buf);
+			if (v->payload_len == 32 && (caps & CLIENT_SSL))
+				count(CTR_UNFOLLOWED_CONN);
+			v->state = MS_IDLE;
+		}
 		v->payload_left = ret >= v->payload_left ? 0 : v->payload_left - ret;
 		return 0;
 	}
-	/* A new packet's header: the server asks for exactly its 4 bytes. */
+	/* A new packet's header: the server asks for exactly its 4 bytes (a
+	 * compressed connection's 7-byte headers are not followed). */
+	if (want != 4 || ret != 4)
+		return 0;
 	u8 h[4] = {};
 	bpf_probe_read_user(h, sizeof(h), buf);
-	if (want != 4 || ret != 4) {
-		/* A TLS record (type 23, application data; version 3.x): a
-		 * connection that cannot be read. A compressed connection's
-		 * 7-byte headers are not followed either. */
-		if (h[0] == 23 && h[1] == 3)
-			count(CTR_UNFOLLOWED);
-		return 0;
-	}
 	u8 seq = h[3];
 	if (seq == 0 && v->state == MS_RUNNING)
 		report_command(v, tgid); /* a command sent before the last reply ended */
 	if (seq == 1) {
 		/* The client's handshake response: a new connection on fd. */
 		v->conn_stamp = bpf_ktime_get_ns();
-		v->state = MS_IDLE;
+		v->state = MS_HANDSHAKE;
 	}
 	v->conn_fd = fd;
 	v->payload_len = le24(h);
@@ -314,7 +326,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 	const u8 *buf = (const u8 *)args->buff;
 	u64 len = args->len;
 	if (v->state == MS_OTHER) {
-		if (v->cmd == COM_STMT_PREPARE && !v->sends) {
+		if (MODE != MODE_HIST && v->cmd == COM_STMT_PREPARE && !v->sends) {
 			u8 ok[9] = {};
 			bpf_probe_read_user(ok, sizeof(ok), buf);
 			if (ok[4] == 0)

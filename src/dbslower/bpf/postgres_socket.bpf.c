@@ -311,11 +311,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 	struct pg_sock *v = sock_state.lookup(&tid);
 	if (!v && !pid_traced(tgid))
 		return 0; /* every other process on the host */
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	u64 fd = 0, ubuf = 0;
-	bpf_probe_read_kernel(&fd, sizeof(fd), &PT_REGS_PARM1(regs));
-	bpf_probe_read_kernel(&ubuf, sizeof(ubuf), &PT_REGS_PARM2(regs));
-	const u8 *buf = (const u8 *)ubuf;
+	struct syscall_args a = exit_syscall_args();
+	u64 fd = a.fd;
+	const u8 *buf = (const u8 *)a.buf;
 	if (!v) {
 		u32 zero = 0;
 		struct pg_sock *init = sock_zero.lookup(&zero);
