@@ -42,6 +42,20 @@ def uprobes():
         return ""
 
 
+def self_signed_cert(owner):
+    """A directory with server.crt and server.key (a self-signed certificate
+    for localhost) that the server's user `owner` can read, unlike pytest's
+    tmp directories. The caller removes it."""
+    import tempfile
+    keys = Path(tempfile.mkdtemp(prefix="dbslower-tls-"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", keys / "server.key", "-out", keys / "server.crt"], check=True, capture_output=True)
+    for f in (keys, keys / "server.key", keys / "server.crt"):
+        shutil.chown(f, owner)
+    (keys / "server.key").chmod(0o600)
+    return keys
+
+
 def require_root():
     require(os.geteuid() == 0, "needs root")
 

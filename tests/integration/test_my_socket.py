@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import Run, run_cli
+from helpers import ROOT, Run, require, run_cli, self_signed_cert
 from lab.logs import Logged, compare, parse_mariadb_slow_log, strip_literals
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,6 @@ def test_socket_method_direct_execution_has_its_text(maria):
     prepared)."""
     import shutil
     import subprocess
-    from helpers import ROOT, require
     node_dir = ROOT / "tests" / "node"
     require(shutil.which("node") and (node_dir / "node_modules" / "mariadb").is_dir(),
             "node and the mariadb npm package are not installed (make setup)")
@@ -151,19 +150,11 @@ def test_socket_method_counts_tls_connections_it_cannot_read():
     followed (shown at exit), its statements never reported wrong; the same
     server's plain connections are still traced."""
     import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
     import pymysql
 
     from lab.servers import MariaServer
-    keys = Path(tempfile.mkdtemp(prefix="dbslower-tls-"))  # readable by the server's user, unlike pytest's tmp
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", keys / "server.key", "-out", keys / "server.crt"], check=True, capture_output=True)
-    for f in (keys, keys / "server.key", keys / "server.crt"):
-        shutil.chown(f, "dbslower_my")
-    (keys / "server.key").chmod(0o600)
+    keys = self_signed_cert("dbslower_my")
     with MariaServer(options=[f"--ssl-cert={keys / 'server.crt'}", f"--ssl-key={keys / 'server.key'}"]) as my:
         with Run(["mysql", "--method", "socket", "-m", "0", "-j", "-p", my.pid]) as run:
             for _ in range(2):

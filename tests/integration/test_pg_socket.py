@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from helpers import Run, pg_logged_and_seen
+from helpers import Run, pg_logged_and_seen, self_signed_cert
 from lab.logs import compare
 
 pytestmark = pytest.mark.integration
@@ -176,20 +176,11 @@ def test_socket_method_counts_tls_requests_it_cannot_read():
     plain connections are still traced."""
     import re
     import shutil
-    import subprocess
 
     import psycopg
 
-    import tempfile
-    from pathlib import Path
-
     from lab.servers import PgServer
-    keys = Path(tempfile.mkdtemp(prefix="dbslower-tls-"))  # readable by the server's user, unlike pytest's tmp
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", keys / "server.key", "-out", keys / "server.crt"], check=True, capture_output=True)
-    for f in (keys, keys / "server.key", keys / "server.crt"):
-        shutil.chown(f, "dbslower_pg")
-    (keys / "server.key").chmod(0o600)
+    keys = self_signed_cert("dbslower_pg")
     with PgServer(settings={"ssl": "on", "ssl_cert_file": str(keys / "server.crt"),
                             "ssl_key_file": str(keys / "server.key")}) as pg:
         with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-p", pg.pid]) as run:
