@@ -177,9 +177,10 @@ def _int(v):
     return v if isinstance(v, int) else v.value
 
 
-def _per_cpu(table):
+def _cpu_values(table, leaf):
+    """A leaf's values, one per CPU for a per-CPU table (its Leaf is an array)."""
     from bcc.table import PerCpuHash
-    return isinstance(table, PerCpuHash)
+    return list(leaf) if isinstance(table, PerCpuHash) else [leaf]
 
 
 def _hash_items(table):
@@ -189,9 +190,7 @@ def _hash_items(table):
         items = list(table.items_lookup_batch())
     except Exception:
         items = list(table.items())
-    if _per_cpu(table):
-        return [(k, list(v)) for k, v in items]
-    return [(k, [v]) for k, v in items]
+    return [(k, _cpu_values(table, v)) for k, v in items]
 
 
 class Tracer:
@@ -358,20 +357,18 @@ class Tracer:
         stats, hists = {}, {}
         for lt in self.loaded:
             t, h = lt.bpf["digests"], lt.bpf["digest_hist"]
-            # A per-CPU table's Leaf is an array with one value per CPU.
-            per_cpu = _per_cpu(t)
             for key in keys:
                 k, v = t.Key(), t.Leaf()
                 k.fp, k.db_id, k.server_id = key
                 if fn(t.map_fd, ct.byref(k), ct.byref(v)) == 0:
                     row = stats.setdefault(key, [0, 0, 0, 0, 0])
-                    for cpu_v in (v if per_cpu else [v]):
+                    for cpu_v in _cpu_values(t, v):
                         abi.add_stats(row, _stats(cpu_v))
             for key in hist_keys:
                 k, v = h.Key(), h.Leaf()
                 k.fp, k.db_id, k.server_id, k.failed, k.bucket = key
                 if fn(h.map_fd, ct.byref(k), ct.byref(v)) == 0:
-                    hists[key] = hists.get(key, 0) + sum(_int(x) for x in (v if per_cpu else [v]))
+                    hists[key] = hists.get(key, 0) + sum(_int(x) for x in _cpu_values(h, v))
         return stats, hists
 
     def seed_procs(self, procs):

@@ -141,17 +141,20 @@ def _pg_target(binary, elf, run_pid, hits):
     return method, reason, probes, cflags, notes, ["common.bpf.c", "pg_context.bpf.c", "postgres.bpf.c"]
 
 
+# The socket methods' sites; bcc attaches TRACEPOINT_PROBE functions itself
+# when it loads the program.
+SOCKET_PROBES = tuple(Probe("tracepoint", f"syscalls:{tp}", f"tracepoint__syscalls__{tp}")
+                      for tp in ("sys_exit_recvfrom", "sys_enter_sendto"))
+
+
 def _pg_socket_target(binary, elf, run_pid, hits):
     """--method socket: syscall tracepoints on the backends' recvfrom and
     sendto (bpf/postgres_socket.bpf.c); no probe in the binary."""
     hits.append("3 syscall tracepoint hits for a simple Query or an extended-protocol Sync cycle, whatever "
                 "its messages (2 recvfrom exits, one of them EAGAIN before the backend waits, and a sendto entry)")
-    # bcc attaches TRACEPOINT_PROBE functions itself when it loads the program.
-    probes = [Probe("tracepoint", f"syscalls:{tp}", f"tracepoint__syscalls__{tp}")
-              for tp in ("sys_exit_recvfrom", "sys_enter_sendto")]
     notes = ["latency includes reading the request and sending the response; an extended-protocol "
              "cycle up to its Sync is one statement; TLS connections cannot be read (counted)"]
-    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", probes, {}, notes,
+    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES), {}, notes,
             ["common.bpf.c", "pg_context.bpf.c", "postgres_socket.bpf.c"])
 
 
@@ -161,13 +164,10 @@ def _my_socket_target(binary, elf, run_pid, hits):
     hits.append("4 syscall tracepoint hits per command (3 recvfrom exits: EAGAIN before the thread waits, "
                 "the packet header, its payload; a sendto entry), 3 when the next command is already there; "
                 "+1 per further send of a long reply")
-    probes = [Probe("tracepoint", f"syscalls:{tp}", f"tracepoint__syscalls__{tp}")
-              for tp in ("sys_exit_recvfrom", "sys_enter_sendto")]
-    cflags = {f"COM_{k[4:]}": v for k, v in quirks.COM.items()}
     notes = ["latency includes reading the command and sending the reply; a multi-statement query is one "
              "statement; no user, database or connection id; TLS connections cannot be read (counted)"]
-    return ("socket", "--method socket: the server threads' recvfrom/sendto syscall tracepoints", probes, cflags,
-            notes, ["common.bpf.c", "mysql_socket.bpf.c"])
+    return ("socket", "--method socket: the server threads' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES),
+            dict(quirks.COM), notes, ["common.bpf.c", "mysql_socket.bpf.c"])
 
 
 METHODS = ("auto", "socket")
@@ -187,7 +187,7 @@ def _pg_versioned(binary, table):
 def _mysql_target(binary, elf, run_pid, hits):
     usdt = {p.name for p in elf.usdt_probes() if p.provider == "mysql"}
     syms = elf.symbols()
-    cflags = {f"COM_{k[4:]}": v for k, v in quirks.COM.items()}
+    cflags = dict(quirks.COM)  # COM_QUERY, ... as #defines
     cflags.update({"DC_TEXT_PACKET": quirks.DC_TEXT_PACKET, "DC_TEXT_COM_DATA": quirks.DC_TEXT_COM_DATA})
     notes = []
     if all(n in usdt for n in quirks.MY_USDT_PROBES) and run_pid:

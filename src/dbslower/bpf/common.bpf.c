@@ -142,6 +142,33 @@ static __always_inline void copy_counted(struct query_event *ev, const char *tex
 	ev->text_len = n;
 }
 
+/* The socket methods keep a prepared statement's text from the request that
+ * prepared it to the ones that execute it, in an LRU map of these: 8192 (with
+ * the default 1 kB of text; 8 MB of kernel memory, fewer entries for longer
+ * texts), the least recently used going first (their executions then have no
+ * text). `owner` tells a connection's entries from those of an earlier one
+ * that had the same key. */
+struct kept_text {
+	u64 owner;
+	u32 text_len;
+	u8 flags;
+	u8 pad[3];
+	char text[TEXT_BYTES + 1];
+};
+#define KEPT_TEXT_ENTRIES (8192 * 1024 / TEXT_BYTES)
+
+/* A kept text of `owner`, if t is one, into ev; 0 when there is none. */
+static __always_inline int take_kept_text(struct query_event *ev, const struct kept_text *t, u64 owner)
+{
+	if (!t || t->owner != owner)
+		return 0;
+	u32 n = bounded_len(t->text_len);
+	bpf_probe_read_kernel(ev->text, n, t->text);
+	ev->text_len = n;
+	ev->flags |= t->flags;
+	return 1;
+}
+
 /* At a syscall's exit tracepoint (the socket methods): its first three
  * arguments, from the task's saved user registers (bpf_task_pt_regs, Linux
  * 5.15+), so that its entry need not be traced too. */

@@ -71,22 +71,13 @@ struct stmt_key {
 	u32 pad;
 };
 
-struct stmt_text {
-	u64 owner;        /* my_sock.conn_stamp of the connection that prepared it */
-	u32 text_len;
-	u8 flags;
-	u8 pad[3];
-	char text[TEXT_BYTES + 1];
-};
-
-/* Prepared statements' texts by connection and statement id. MariaDB allows
- * 16382 prepared statements at once (max_prepared_stmt_count); 8192 (with
- * the default 1 kB of text, 8 MB of kernel memory, fewer for longer texts),
- * the least recently used going first: their executions then have no text,
- * and are counted. COM_STMT_CLOSE deletes its entry. */
-#define STMT_ENTRIES (8192 * 1024 / TEXT_BYTES)
-BPF_TABLE("lru_hash", struct stmt_key, struct stmt_text, stmt_texts, STMT_ENTRIES);
-BPF_PERCPU_ARRAY(stmt_scratch, struct stmt_text, 1);
+/* Prepared statements' texts by connection and statement id (owner:
+ * my_sock.conn_stamp of the connection that prepared it). MariaDB allows
+ * 16382 prepared statements at once (max_prepared_stmt_count); the
+ * executions of those beyond KEPT_TEXT_ENTRIES have no text, and are
+ * counted. COM_STMT_CLOSE deletes its entry. */
+BPF_TABLE("lru_hash", struct stmt_key, struct kept_text, stmt_texts, KEPT_TEXT_ENTRIES);
+BPF_PERCPU_ARRAY(stmt_scratch, struct kept_text, 1);
 
 static __always_inline u32 le24(const u8 *b)
 {
@@ -109,7 +100,7 @@ static __always_inline int unanswered(u8 cmd)
 static __always_inline void keep_prepared(struct my_sock *v, u32 tgid, u32 stmt_id)
 {
 	u32 zero = 0;
-	struct stmt_text *t = stmt_scratch.lookup(&zero);
+	struct kept_text *t = stmt_scratch.lookup(&zero);
 	if (!t)
 		return;
 	u32 n = bounded_len(v->ev.text_len);
@@ -127,14 +118,8 @@ static __always_inline void keep_prepared(struct my_sock *v, u32 tgid, u32 stmt_
 static __always_inline void prepared_text(struct my_sock *v, u32 tgid)
 {
 	struct stmt_key k = {.tgid = tgid, .fd = v->conn_fd, .stmt_id = v->stmt_id};
-	struct stmt_text *t = stmt_texts.lookup(&k);
-	if (t && t->owner == v->conn_stamp) {
-		u32 n = bounded_len(t->text_len);
-		bpf_probe_read_kernel(v->ev.text, n, t->text);
-		v->ev.text_len = n;
-		v->ev.flags |= t->flags;
+	if (take_kept_text(&v->ev, stmt_texts.lookup(&k), v->conn_stamp))
 		return;
-	}
 	v->ev.flags |= EV_NO_TEXT;
 	count(CTR_NO_TEXT);
 }

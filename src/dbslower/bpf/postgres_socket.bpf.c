@@ -90,26 +90,15 @@ struct named_key {
 	u64 name_hash;
 };
 
-struct named_text {
-	u64 owner;        /* pg_sock.created_ns of the backend that parsed it */
-	u32 text_len;
-	u8 flags;
-	u8 pad[3];
-	char text[TEXT_BYTES + 1];
-};
-
 BPF_HASH(sock_state, u32, struct pg_sock, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(sock_zero, struct pg_sock, 1);
-/* Named prepared statements: pgjdbc keeps up to 256 per connection, pgbench
- * one per script line; 8192 (with the default 1 kB text; 8 MB of kernel
- * memory, fewer entries for longer texts) covers dozens of pooled
- * connections at once, and the least recently used go first (their
- * executions then have no text). Entries of a backend that exits are not
- * deleted: a new backend with the same PID parses a statement before using
- * it, and `owner` tells the entries apart. */
-#define NAMED_ENTRIES (8192 * 1024 / TEXT_BYTES)
-BPF_TABLE("lru_hash", struct named_key, struct named_text, named, NAMED_ENTRIES);
-BPF_PERCPU_ARRAY(named_scratch, struct named_text, 1);
+/* Named prepared statements (owner: pg_sock.created_ns of the backend that
+ * parsed it): pgjdbc keeps up to 256 per connection, pgbench one per script
+ * line; KEPT_TEXT_ENTRIES covers dozens of pooled connections at once.
+ * Entries of a backend that exits are not deleted: a new backend with the
+ * same PID parses a statement before using it, and `owner` tells them apart. */
+BPF_TABLE("lru_hash", struct named_key, struct kept_text, named, KEPT_TEXT_ENTRIES);
+BPF_PERCPU_ARRAY(named_scratch, struct kept_text, 1);
 struct scan_buf {
 	char b[SOCK_SCAN_BYTES];
 	u32 at;     /* where the message before ReadyForQuery starts */
@@ -149,7 +138,7 @@ static __always_inline u64 name_hash(const char *user_name)
 static __always_inline void keep_named(struct pg_sock *v, u32 tgid, const char *name, const char *text)
 {
 	u32 zero = 0;
-	struct named_text *t = named_scratch.lookup(&zero);
+	struct kept_text *t = named_scratch.lookup(&zero);
 	if (!t)
 		return;
 	t->owner = v->created_ns;
@@ -387,13 +376,8 @@ static __always_inline void fill_text(struct pg_sock *v, u32 tgid)
 	}
 	if (v->text_kind == TEXT_NAMED) {
 		struct named_key k = {.tgid = tgid, .name_hash = name_hash(at)};
-		struct named_text *t = named.lookup(&k);
-		if (t && t->owner == v->created_ns) {
-			bpf_probe_read_kernel_str(v->ev.text, TEXT_BYTES + 1, t->text);
-			v->ev.text_len = t->text_len;
-			v->ev.flags |= t->flags;
+		if (take_kept_text(&v->ev, named.lookup(&k), v->created_ns))
 			return;
-		}
 	}
 	v->ev.flags |= EV_NO_TEXT;
 }
