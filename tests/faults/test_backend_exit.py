@@ -81,3 +81,26 @@ def test_long_statement_survives_ten_thousand_new_connections(pg, tmp_path):
     assert len(long) == 1, run.stderr
     assert long[0]["status"] == "error"  # cancelled, as the server says
     assert long[0]["duration_ms"] >= churn_s * 1000
+
+
+@pytest.mark.parametrize("method", ["auto", "socket"])
+def test_parallel_workers_are_not_unfinished_statements(pg, method):
+    """Parallel workers report the leader's text as running and exit without
+    going idle: their exits are not statements that did not finish."""
+    with Run(["postgres", "--method", method, "-m", "0", "-j", "-p", pg.pid]) as run:
+        with connect(pg) as conn:
+            conn.execute("SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; "
+                         "SET min_parallel_table_scan_size = 0; SET min_parallel_index_scan_size = 0; "
+                         "SET max_parallel_workers_per_gather = 2")
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN SELECT count(*) FROM pgbench_accounts"))
+            assert "Workers Planned: 2" in plan, plan
+            launched = 0
+            for _ in range(3):
+                rows = conn.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) "
+                                    "SELECT count(*) FROM pgbench_accounts /* parallel */").fetchall()
+                launched += sum(int(r[0].split(":")[1]) for r in rows if "Workers Launched" in r[0])
+        time.sleep(0.5)
+    assert launched > 0, "no parallel worker was launched"
+    parallel = [e for e in run.events() if "/* parallel */" in e["query"]]
+    assert len(parallel) == 3 and all(e["status"] == "ok" for e in parallel), parallel
+    assert "did not finish" not in run.stderr, run.stderr

@@ -62,7 +62,8 @@ struct pg_inflight {
 	u8 text_copied;      /* ev.text holds its text */
 	u8 done;             /* its last window closed: reported at the next state report */
 	u8 error_pending;    /* errstart_cold() ran: errcode() calls are the error's */
-	u8 pad[7];
+	u8 client;           /* reported idle: a client backend (see engine_thread_exit) */
+	u8 pad[6];
 	struct query_event ev;
 };
 
@@ -156,28 +157,30 @@ static __always_inline int on_status(const char *text, int running)
 			close_window(v, now);
 		if (v->done)
 			end_statement(v);
-		if (!running || !text) {
+		if (!running || !text)
 			/* Idle after a Bind with no Execute: keep its time for
 			 * the next statement, which the server's parse+bind+
 			 * execute sum includes, but not its text, which may
 			 * belong to another statement. */
 			v->has_text = 0;
-			return 0;
-		}
 	} else {
-		if (!running || !text)
-			return 0;
 		u32 zero = 0;
 		struct pg_inflight *init = inflight_zero.lookup(&zero);
 		if (!init)
 			return 0;
 		if (inflight.update(&tid, init) != 0) {
-			count(CTR_INFLIGHT_FULL);
+			/* A statement is lost; an idle report is not. */
+			if (running && text)
+				count(CTR_INFLIGHT_FULL);
 			return 0;
 		}
 		v = inflight.lookup(&tid);
 		if (!v)
 			return 0;
+	}
+	if (!running || !text) {
+		v->client = 1;
+		return 0;
 	}
 	v->window_start_ns = now;
 	v->executed = 0;
@@ -307,12 +310,20 @@ int pg_errcode(struct pt_regs *ctx)
 	return 0;
 }
 
+/*
+ * Only a client backend's open statement is one that did not finish. Parallel
+ * workers (ParallelQueryMain) and autovacuum workers (autovac_report_activity)
+ * report STATE_RUNNING with a text too, and exit without ever reporting idle;
+ * a client backend reports idle before its first command (PostgresMain starts
+ * with send_ready_for_query set) and after each, in src/backend/tcop/postgres.c.
+ * A backend connected before tracing is known once it first goes idle.
+ */
 static __always_inline int engine_thread_exit(u32 tid)
 {
 	struct pg_inflight *v = inflight.lookup(&tid);
 	if (!v)
 		return 0;
-	int open = v->has_text || v->done;
+	int open = v->client && (v->has_text || v->done);
 	inflight.delete(&tid);
 	return open;
 }
