@@ -140,11 +140,13 @@ class Tracer:
             self.out.write(chunk)
 
     def stop(self):
+        t0 = time.monotonic()
         self.proc.send_signal(signal.SIGINT)
         if self.pump is None:
             rest = self.proc.stderr.read()
             self.stderr += rest
         _, status, ru = os.wait4(self.proc.pid, 0)
+        self.stop_s = time.monotonic() - t0
         self.proc.returncode = status
         if self.pump:
             self.pump.join()
@@ -332,7 +334,8 @@ class Bench:
                         print(f"{workload:14} {cond:9} round {rnd}: {tps:9.0f}/s vs {base:9.0f}/s = "
                               f"{tps / base:.3f}  {({k: v for k, v in row.items() if k in ('events', 'statements', 'lost', 'cpu_s', 'rss_mb')})}",
                               flush=True)
-            self.attach_time = self.time_to_tracing()
+            self.attach_time, self.stop_time = self.time_to_tracing()
+            self.serve_stop_time = self.serve_stop()
         import probe_cost
         self.probe_cost = probe_cost.main()
         import handler_cost
@@ -345,16 +348,32 @@ class Bench:
         conns = [psycopg.connect(f"host={self.pg.sock} port={self.pg.port} user=postgres dbname=postgres")
                  for _ in range(200)]
         try:
-            times = []
+            times, stops = [], []
             for _ in range(3):
                 t = Tracer([sys.executable, "-m", "dbslower", "postgres", "-m", "100000"], b"Tracing",
                            self.tmp / "attach.out")
                 times.append(t.attach_s)
                 t.stop()
-            return times
+                stops.append(t.stop_s)
+            return times, stops
         finally:
             for c in conns:
                 c.close()
+
+    def serve_stop(self):
+        """Seconds from SIGINT to exit of serve tracing both servers."""
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        stops = []
+        for _ in range(3):
+            t = Tracer([sys.executable, "-m", "dbslower", "serve", "--listen", f"127.0.0.1:{port}",
+                        "-p", str(self.pg.pid), "-p", str(self.my.pid)], b"Tracing", self.tmp / "serve.out")
+            time.sleep(1)
+            t.stop()
+            stops.append(t.stop_s)
+        return stops
 
     def report(self):
         lines = [f"# dbslower benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
@@ -388,7 +407,9 @@ class Bench:
                 added = f"{statistics.median(r['cpu_us'] - r['base_cpu_us'] for r in cpus):+.2f}" if cpus else "-"
                 lines.append(f"| {workload} | {cond} | {ratio:.3f} | {vs_floor} | {scpu} | {added} | {evs} | {lost} | {cpu} | {rss} |")
         lines += ["", f"Time from start to the Tracing line with 200 idle PostgreSQL connections: "
-                      f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}", "",
+                      f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}; from Ctrl-C to its exit: "
+                      f"{', '.join(f'{t:.2f} s' for t in self.stop_time)}; serve tracing PostgreSQL and MariaDB, "
+                      f"from Ctrl-C to its exit: {', '.join(f'{t:.2f} s' for t in self.serve_stop_time)}", "",
                   "Cost per statement without a database's noise (bench/probe_cost.py: a stand-in postgres "
                   "calling the four probed functions in a backend's order, median of 5 x 200k):", "",
                   self.probe_cost, "",

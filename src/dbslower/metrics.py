@@ -264,5 +264,8 @@ def serve_http(sink, host, port):
         daemon_threads = True
 
     httpd = make_server(host, port, make_wsgi_app(sink.registry), server_class=Server, handler_class=Quiet)
-    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    # shutdown() waits for the loop to see its flag: at most poll_interval,
+    # which counts against the second a stop request may take.
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics",
+                     daemon=True).start()
     return httpd

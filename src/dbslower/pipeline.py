@@ -25,6 +25,7 @@ from dbslower.decode import (PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder, Rin
 from dbslower.discover import (container_id, namespace_pid, pg_database_names, process_cwd, read_memory,
                                symbol_address)
 from dbslower.fingerprint import redact
+from dbslower.load import close_tracers
 from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symbols
 
 # Index in the kernel's `counters` array (bpf/dbslower.h, CTR_*) -> reason.
@@ -200,10 +201,12 @@ class Source:
         return hit
 
     def close(self):
+        close_sources([self])
+
+    def _close_readers(self):
         for r in self.readers:
             r.close()
         self.readers = []
-        self.tracer.close()
 
     def fds(self):
         return [r.fd for r in self.readers]
@@ -372,6 +375,13 @@ class Source:
         return r
 
 
+def close_sources(sources):
+    """Stops reading these sources and detaches all their probes at once."""
+    for src in sources:
+        src._close_readers()
+    close_tracers([src.tracer for src in sources])
+
+
 def _read_u32(pid, addr):
     raw = read_memory(pid, addr, 4)
     return int.from_bytes(raw, "little") if raw else 0
@@ -452,7 +462,7 @@ class Pipeline:
             snap = src.snapshot()
             _call(self.sinks, "on_source_removed", src, snap)
             self.sources.remove(src)
-            src.close()
+        close_sources(removed)
         self.sources += added
 
     def run(self, stop):

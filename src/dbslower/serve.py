@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from dbslower.discover import ENGINES, binary_engine, engine_of, file_key, find_servers, list_processes, process_cwd
 from dbslower.errors import DbslowerError, NoServer, UsageError
 from dbslower.load import load_plan
-from dbslower.pipeline import Source
+from dbslower.pipeline import Source, close_sources
 from dbslower.plan import TEXT_BYTES_CHOICES
 
 DEFAULT_PORT = 9479
@@ -217,6 +217,5 @@ class Fleet:
         src.register(servers, procs, server_id, follow_filter=bool(self.settings.pid))
 
     def close(self):
-        for src in self.sources.values():
-            src.close()
+        close_sources(list(self.sources.values()))
         self.sources = {}

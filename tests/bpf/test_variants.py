@@ -100,3 +100,42 @@ def test_mysql_variants(maria, mysql_usdt, mysql57, mode, text_bytes):
         servers = find_servers("mysql", pids=[fixture.pid])
         got, sizes = load("mysql", servers, mode, text_bytes, filter_pids=fixture is maria)
         assert got == method and sizes
+
+
+def _link_types(tracer):
+    """The kernel's type of each uprobe_multi link the tracer holds."""
+    out = []
+    for lt in tracer.loaded:
+        for fd in lt.links:
+            info = open(f"/proc/self/fdinfo/{fd}").read()
+            out.append(info.split("link_type:", 1)[1].split()[0])
+    return out
+
+
+@pytest.mark.parametrize("perf_uprobes", [False, True], ids=["links", "perf-events"])
+def test_both_ways_of_attaching_uprobes(pg, maria, mysql_usdt, monkeypatch, perf_uprobes):
+    """uprobe_multi links (Linux 6.6+), and one perf event per site (older
+    kernels, or DBSLOWER_PERF_UPROBES=1): every probe method, with the
+    tail-called fingerprint program (digest) and without (serve by operation)."""
+    require_root()
+    from dbslower.discover import find_servers
+    from dbslower.load import PERF_UPROBES_ENV, Tracer, uprobe_multi_supported
+    from dbslower.plan import make_plan
+    if perf_uprobes:
+        monkeypatch.setenv(PERF_UPROBES_ENV, "1")
+    else:
+        assert uprobe_multi_supported(), "this kernel should take uprobe_multi links"
+    cases = [("postgres", pg, None, "usdt"), ("postgres", pg, "test: the uprobe variant", "uprobe"),
+             ("mysql", maria, None, "uprobe"), ("mysql", mysql_usdt, None, "usdt")]
+    for engine, server, no_usdt, method in cases:
+        for mode, digest_key in (("digest", "fingerprint"), ("serve", "operation")):
+            plan = make_plan(engine, find_servers(engine, pids=[server.pid]), threshold_ns=0, mode=mode,
+                             no_usdt=no_usdt, digest_key=digest_key)
+            assert plan.targets[0].method == method
+            with Tracer(plan) as tracer:
+                sites = sum(p.kind != "tracepoint" for p in plan.targets[0].probes)
+                perf = sum(len(lt.bpf.uprobe_fds) for lt in tracer.loaded)
+                if perf_uprobes:
+                    assert _link_types(tracer) == [] and perf >= sites, (engine, method, mode)
+                else:
+                    assert perf == 0 and _link_types(tracer) == ["uprobe_multi"] * sites, (engine, method, mode)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from helpers import Run, run_cli
+from helpers import ENV, Run, run_cli
 from lab.logs import compare, median_bias_ms, parse_mariadb_slow_log, strip_literals, within
 
 pytestmark = pytest.mark.integration
@@ -20,8 +20,9 @@ def sysbench(maria, test, *args):
     return maria.sysbench(test, "--tables=1", "--table-size=10000", *args, "run")
 
 
-def test_point_select_every_query_once(maria):
-    with Run(["mysql", "-m", "0", "-j", "-p", maria.pid]) as run:
+@pytest.mark.parametrize("attach_env", [{}, {"DBSLOWER_PERF_UPROBES": "1"}], ids=["links", "perf-events"])
+def test_point_select_every_query_once(maria, attach_env):
+    with Run(["mysql", "-m", "0", "-j", "-p", maria.pid], env=dict(ENV, **attach_env)) as run:
         sysbench(maria, "oltp_point_select", "--db-ps-mode=disable", "--events=2000", "--threads=2")
     events = run.events()
     got = [e for e in events if e["query"].startswith(POINT_SELECT)]

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from helpers import Run, run_cli
+from helpers import ENV, Run, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -16,9 +16,11 @@ def selects(events):
     return [e for e in events if e["query"].startswith("SELECT abalance")]
 
 
-@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
-def test_pgbench_every_select_once(pg, protocol):
-    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+@pytest.mark.parametrize("protocol,attach_env", [("simple", {}), ("extended", {}), ("prepared", {}),
+                                                 ("extended", {"DBSLOWER_PERF_UPROBES": "1"})],
+                         ids=["simple", "extended", "prepared", "extended-perf-events"])
+def test_pgbench_every_select_once(pg, protocol, attach_env):
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid], env=dict(ENV, **attach_env)) as run:
         pg.pgbench("-n", "-M", protocol, "-S", "-c", "4", "-t", "250")
     run.stop()
     assert run.returncode == 0, run.stderr
