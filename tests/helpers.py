@@ -42,6 +42,22 @@ def uprobes():
         return ""
 
 
+def pg_status_semaphore(pid):
+    """The value of PostgreSQL's statement__status USDT semaphore in process pid."""
+    from dbslower.discover import file_key, load_base
+    from dbslower.elf import ElfFile
+    exe = f"/proc/{pid}/exe"
+    with ElfFile(exe) as elf:
+        sem = next(p.semaphore for p in elf.usdt_probes() if p.name == "statement__status")
+        pie = elf.e_type == 3
+    base = load_base(pid, file_key(exe)[1]) if pie else 0
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    try:
+        return int.from_bytes(os.pread(fd, 2, base + sem), "little")
+    finally:
+        os.close(fd)
+
+
 def self_signed_cert(owner):
     """A directory with server.crt and server.key (a self-signed certificate
     for localhost) that the server's user `owner` can read, unlike pytest's

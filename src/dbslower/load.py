@@ -310,6 +310,12 @@ class Tracer:
             b = bcc.BPF(text=text.encode(), cflags=cflags,
                         usdt_contexts=usdt, attach_usdt_ignore_pid=True)
         except Exception as e:
+            if usdt and not multi and "attach" in str(e):
+                # bcc attaches USDT sites in BPF(): the kernel refuses a site
+                # whose semaphore another tool set without the kernel's help
+                # (bcc's trace writes it through /proc/PID/mem).
+                raise UsdtUnavailable(f"cannot attach USDT probes in {target.binary.path}: {e}; "
+                                      "another tool may be tracing them") from e
             raise AttachFailed(f"cannot load the BPF program for {target.binary.path}: {e}",
                                "run with -v to see the program; check the kernel headers") from e
         # A tail call needs caller and callee loaded for the same attach
@@ -354,15 +360,25 @@ class Tracer:
                     key = file_key(where.decode())
                     ref = _REF_CTRS.get((*key, off), 0) if key else 0
                     sites.setdefault((fn, where, False), []).append((off, ref))
+            usdt_fns = {fn for u in usdt for _, fn, _, _ in u.sites}
             for (fn, where, ret), offs in sites.items():
                 prog = b.load_func(fn, bcc.BPF.KPROBE, attach_type=_BPF_TRACE_UPROBE_MULTI)
-                links.append(_link_uprobe_multi(prog.fd, where, [o for o, _ in offs], [r for _, r in offs], ret))
-        except Exception as e:
+                try:
+                    links.append(_link_uprobe_multi(prog.fd, where, [o for o, _ in offs], [r for _, r in offs], ret))
+                except OSError as e:
+                    if fn in usdt_fns and any(r for _, r in offs):
+                        # The kernel refuses a site whose semaphore another tool
+                        # set without its help (bcc's trace writes it through
+                        # /proc/PID/mem): EINVAL, "ref_ctr_offset mismatch".
+                        raise UsdtUnavailable(f"cannot attach USDT probes in {target.binary.path}: {e.strerror}; "
+                                              "another tool may be tracing them") from e
+                    raise AttachFailed(f"cannot attach {fn.decode()} in {target.binary.path}: {e.strerror}",
+                                       f"on kernels where uprobe_multi links fail, set {PERF_UPROBES_ENV}=1") from e
+        except BaseException:
             for fd in links:
                 os.close(fd)
             b.cleanup()
-            raise AttachFailed(f"cannot attach {fn.decode() if sites else 'probes'} in {target.binary.path}: {e}",
-                               f"on kernels where uprobe_multi links fail, set {PERF_UPROBES_ENV}=1") from e
+            raise
         return links
 
     def _seed_pids(self):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import DBSLOWER, ENV, require, run_cli, uprobes
+from helpers import DBSLOWER, ENV, pg_status_semaphore, require, run_cli, uprobes
 from lab.servers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -26,28 +26,11 @@ def programs():
     return sum(1 for p in json.loads(out) if p.get("name") in OUR_PROGRAMS)
 
 
-def semaphore(pid):
-    """The value of PostgreSQL's statement__status semaphore in process pid."""
-    from dbslower.discover import file_key, load_base
-    from dbslower.elf import ElfFile
-    exe = f"/proc/{pid}/exe"
-    with ElfFile(exe) as elf:
-        sem = next(p.semaphore for p in elf.usdt_probes() if p.name == "statement__status")
-        pie = elf.e_type == 3
-    base = load_base(pid, file_key(exe)[1]) if pie else 0
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    try:
-        return int.from_bytes(os.pread(fd, 2, base + sem), "little")
-    finally:
-        os.close(fd)
-
-
-
 @pytest.mark.parametrize("mode", [["-m", "0", "-j"], ["--hist", "1"], ["--digest", "1"], ["serve"]])
 def test_sigkill_leaves_nothing(pg, mode):
     require(shutil.which("bpftool") is not None, "bpftool is missing (make setup)")
     import subprocess
-    before = (programs(), semaphore(pg.pid), uprobes())
+    before = (programs(), pg_status_semaphore(pg.pid), uprobes())
     if mode == ["serve"]:
         import socket
         with socket.socket() as sock:
@@ -61,7 +44,7 @@ def test_sigkill_leaves_nothing(pg, mode):
         while not proc.stderr.readline().startswith(b"Tracing"):
             assert proc.poll() is None, proc.stderr.read()
         assert programs() > before[0]
-        assert semaphore(pg.pid) >= 1  # the kernel set it (ref_ctr_offset; once per probe, whoever else traces)
+        assert pg_status_semaphore(pg.pid) >= 1  # the kernel set it (ref_ctr_offset; once per probe, whoever else traces)
         load = threading.Thread(target=pg.pgbench, args=("-n", "-S", "-c", "2", "-T", "3"))
         load.start()
         time.sleep(1)
@@ -72,7 +55,7 @@ def test_sigkill_leaves_nothing(pg, mode):
         if proc.poll() is None:
             proc.kill()
     wait_for(lambda: programs() == before[0], 10, "the programs to be freed")
-    assert semaphore(pg.pid) == before[1]
+    assert pg_status_semaphore(pg.pid) == before[1]
     assert uprobes() == before[2]
     r = run_cli(["postgres", "-p", pg.pid, "-m", "0", "-d", "1"])
     assert r.returncode == 0 and r.stderr.startswith("Tracing"), r.stderr

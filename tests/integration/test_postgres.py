@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from helpers import ENV, Run, run_cli
+from helpers import ENV, Run, pg_status_semaphore, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +208,31 @@ def test_application_name_follows_set_and_pid_reuse_gets_fresh_context(pg):
             conn.execute("SELECT 'three'")
     names = {e["query"]: e["application_name"] for e in run.events()}
     assert (names["SELECT 'one'"], names["SELECT 'two'"], names["SELECT 'three'"]) == ("first", "second", "third")
+
+
+@pytest.mark.parametrize("attach_env", [{}, {"DBSLOWER_PERF_UPROBES": "1"}], ids=["links", "perf-events"])
+def test_usdt_probe_held_by_bcc_trace_falls_back_to_uprobes(pg, attach_env):
+    """bcc's trace sets statement__status's semaphore through /proc/PID/mem;
+    the kernel then refuses our kernel-managed semaphore on that site. The
+    run says why and traces through the exported functions instead."""
+    import signal
+    import shutil
+    trace = shutil.which("trace-bpfcc")
+    assert trace, "bcc's trace-bpfcc is not installed (make setup)"
+    from lab.servers import PG_BIN
+    holder = subprocess.Popen([trace, "-p", str(pg.pid), f"u:{PG_BIN / 'postgres'}:statement__status"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # trace prints its header once attached (it compiles first)
+        header = holder.stdout.readline()
+        assert header.split()[:2] == [b"PID", b"TID"], header + holder.stderr.read()
+        assert pg_status_semaphore(pg.pid) > 0
+        with Run(["postgres", "-v", "-m", "0", "-j", "-p", pg.pid], env=dict(ENV, **attach_env)) as run:
+            pg.psql("SELECT 'while trace holds the probe'")
+        assert [e["query"] for e in run.events()] == ["SELECT 'while trace holds the probe'"]
+        assert "method: uprobe, because USDT probes could not be enabled" in run.stderr
+        assert "another tool may be tracing them" in run.stderr
+    finally:
+        holder.send_signal(signal.SIGINT)
+        holder.communicate(timeout=60)
+
