@@ -14,7 +14,8 @@ MODE_STREAM, MODE_HIST, MODE_DIGEST, MODE_FLOOR = 0, 1, 2, 3
 # query_event.flags
 EV_TRUNCATED = 1
 EV_FAILED = 2
-EV_NO_TEXT = 4  # the statement's text was not available
+EV_NO_TEXT = 4  # the statement's text was not available: prepared before tracing...
+EV_TEXT_UNREAD = 8  # ...or, with EV_NO_TEXT, not read by the socket method
 
 # query_event.kind
 KIND_QUERY = 1   # one finished statement
@@ -30,7 +31,8 @@ CTR_EXITED = 3         # a statement's process or thread exited before it finish
 CTR_INFLIGHT_FULL = 4  # no room to follow a statement (inflight table full)
 CTR_UNFOLLOWED = 5     # socket method: a request it could not read (TLS) or follow
 CTR_UNFOLLOWED_CONN = 6  # socket method: a connection it cannot read (MySQL over TLS)
-CTR_COUNT = 7
+CTR_TEXT_UNREAD = 7    # socket method: a statement reported without its text (see EV_TEXT_UNREAD)
+CTR_COUNT = 8
 
 # query_event.error_code of a failed statement whose code was not seen (a
 # PostgreSQL error raised with a non-constant level, MySQL without a status
@@ -114,9 +116,9 @@ def format_error_code(engine, code):
 def c_defines():
     """{name: value} for the BPF program's #define lines."""
     names = ("ENGINE_POSTGRES", "ENGINE_MYSQL", "MODE_STREAM", "MODE_HIST", "MODE_DIGEST", "MODE_FLOOR",
-             "EV_TRUNCATED", "EV_FAILED", "EV_NO_TEXT", "KIND_QUERY", "KIND_SAMPLE", "KIND_EXIT", "KIND_APP",
+             "EV_TRUNCATED", "EV_FAILED", "EV_NO_TEXT", "EV_TEXT_UNREAD", "KIND_QUERY", "KIND_SAMPLE", "KIND_EXIT", "KIND_APP",
              "CTR_LOST_EVENTS", "CTR_MAP_FULL", "CTR_NO_TEXT", "CTR_EXITED", "CTR_INFLIGHT_FULL", "CTR_UNFOLLOWED",
-             "CTR_UNFOLLOWED_CONN", "CTR_COUNT",
+             "CTR_UNFOLLOWED_CONN", "CTR_TEXT_UNREAD", "CTR_COUNT",
              "HIST_SUB_BITS", "HIST_MIN_SHIFT", "HIST_OCTAVES", "OP_LETTERS", "OP_SCAN_BYTES")
     out = {n: globals()[n] for n in names}
     out["ERROR_CODE_UNKNOWN"] = f"{ERROR_CODE_UNKNOWN}U"

@@ -459,7 +459,7 @@ def run(args, out):
     lost = pipeline.loss_line(pipeline.final_losses())
     if lost and streaming:
         _stderr(f"dbslower: {lost}")
-    for line in (pipeline.missing_text_line(), pipeline.exited_line()):
+    for line in (pipeline.missing_text_line(), pipeline.unread_text_line(), pipeline.exited_line()):
         if line:
             _stderr(f"dbslower: {line}")
     if watch and watch.gone:

@@ -15,7 +15,7 @@ import re
 import struct
 import time
 
-from dbslower.abi import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, KIND_EXIT, format_error_code
+from dbslower.abi import EV_FAILED, EV_NO_TEXT, EV_TEXT_UNREAD, EV_TRUNCATED, KIND_EXIT, format_error_code
 from dbslower.discover import load_base, read_memory
 from dbslower.quirks import COM_NAMES
 
@@ -31,6 +31,7 @@ HEADER = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS))
 TEXT_OFFSET = HEADER.size
 
 TEXT_MISSING = "[text unavailable: prepared before tracing]"
+TEXT_UNREAD = "[text not read by the socket method]"
 # Per-backend caches (titles, servers, JSON tails) hold the connections alive
 # at once, not every connection ever seen: emptied above this many, so
 # connection churn cannot grow the tracer's memory.
@@ -113,8 +114,14 @@ class Event:
 
     @property
     def text_missing(self):
-        """MySQL: a prepared statement prepared before tracing started."""
+        """A prepared statement prepared before tracing started, or a text
+        the socket method did not read."""
         return bool(self.flags & EV_NO_TEXT) and not self.query
+
+    @property
+    def missing_text_marker(self):
+        """What the table shows for a missing text: why it is missing."""
+        return TEXT_UNREAD if self.flags & EV_TEXT_UNREAD else TEXT_MISSING
 
     @property
     def command_name(self):

@@ -128,7 +128,7 @@ class TableWriter:
         self.out.flush()
 
     def on_event(self, ev):
-        q = TEXT_MISSING if ev.text_missing else escape_control(ev.query)
+        q = ev.missing_text_marker if ev.text_missing else escape_control(ev.query)
         if ev.truncated:
             q += " [...]"
         head = f"{self.ts.clock(ev.start_ns):<9} {ev.pid:<7} {ev.duration_ns / 1e6:>10.3f} "

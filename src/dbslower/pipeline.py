@@ -18,9 +18,9 @@ object with some of these methods (all optional):
 import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
-from dbslower.abi import (CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT,
+from dbslower.abi import (CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT, CTR_TEXT_UNREAD,
                           CTR_UNFOLLOWED, CTR_UNFOLLOWED_CONN, KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, add_buckets, add_stats)
-from dbslower.decode import (PAGE, PER_PROCESS_CACHE, TEXT_MISSING, Decoder, RingReader, parse_pg_title,
+from dbslower.decode import (PAGE, PER_PROCESS_CACHE, TEXT_MISSING, TEXT_UNREAD, Decoder, RingReader, parse_pg_title,
                              wait_readable)
 from dbslower.discover import (container_id, namespace_pid, pg_database_names, process_cwd, read_memory,
                                symbol_address)
@@ -267,9 +267,14 @@ class Source:
         return c[CTR_EXITED] if len(c) > CTR_EXITED else 0
 
     def texts_missing(self):
-        """Statements reported without text (MySQL: prepared before tracing)."""
+        """Statements reported without text: prepared before tracing."""
         c = self.tracer.counters()
         return c[CTR_NO_TEXT] if len(c) > CTR_NO_TEXT else 0
+
+    def texts_unread(self):
+        """Statements reported without text: the socket method did not read it."""
+        c = self.tracer.counters()
+        return c[CTR_TEXT_UNREAD] if len(c) > CTR_TEXT_UNREAD else 0
 
     def snapshot(self):
         """Cumulative kernel aggregates, and the losses so far."""
@@ -426,6 +431,7 @@ class Pipeline:
         self.summaries = any(s.mode in ("hist", "digest", "top", "serve") for s in sources) or bool(rediscover)
         self.wants_reports = any(hasattr(s, "on_interval") or hasattr(s, "on_end") for s in sinks)
         self.final_missing = 0
+        self.final_unread = 0
         self.final_exited = 0
         self.final_kernel_losses = []
 
@@ -532,6 +538,7 @@ class Pipeline:
         # Counters first, then the last events: each counted statement's event is
         # then in the ring buffer, so the counts never exceed what was read.
         self.final_missing = sum(src.texts_missing() for src in self.sources)
+        self.final_unread = sum(src.texts_unread() for src in self.sources)
         self.final_exited = sum(src.exited() for src in self.sources)
         self.final_kernel_losses = [src.lost_by_reason() for src in self.sources]
         snaps, end = self._snapshots()
@@ -561,6 +568,11 @@ class Pipeline:
         n = self.final_missing
         return (f"{n} statements had no text: prepared before tracing started "
                 f"(they are shown as {TEXT_MISSING})") if n else None
+
+    def unread_text_line(self):
+        n = self.final_unread
+        return (f"{n} statements had no text: the socket method did not read it, in a request that "
+                f"starts with neither Query, Parse nor Bind (they are shown as {TEXT_UNREAD})") if n else None
 
     def exited_line(self):
         n = self.final_exited

@@ -148,8 +148,10 @@ class RawClient:
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_socket_method_follows_a_pipeline(pg, protocol):
     """150 requests in one send (450 messages with the extended protocol):
-    every one is a statement, the first has its text, the ones behind it
-    start at the previous answer; none is lost or counted as not followed."""
+    every one is a statement with its own text, the ones behind the first
+    starting at the previous answer; none is lost or counted as not
+    followed. A request cut by the end of one of the backend's 8 kB reads
+    has its text as far as that read, marked truncated."""
     with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-p", pg.pid]) as run:
         c = RawClient(pg)
         make = c.query if protocol == "simple" else c.extended
@@ -161,12 +163,15 @@ def test_socket_method_follows_a_pipeline(pg, protocol):
         c.sock.close()
     assert types.count(b"E") == 0
     events = [e for e in run.events() if e["pid"] != 0]
-    pipelined = [e for e in events if e["query"].endswith("AS pipelined") or e["text_missing"]]
-    assert len(pipelined) == 150, len(pipelined)
-    assert pipelined[0]["query"] == "SELECT 0 AS pipelined"
-    with_text = [e["query"] for e in pipelined if not e["text_missing"]]
-    assert with_text == [f"SELECT {i} AS pipelined" for i in range(150)][:len(with_text)]
+    assert len(events) == 151, [e["query"][:40] for e in events]
     assert events[-1]["query"] == "SELECT 'after the pipeline'"
+    sent = [f"SELECT {i} AS pipelined" for i in range(150)]
+    got = [e["query"] for e in events[:150]]
+    cut = [i for i, e in enumerate(events[:150]) if e["query"] != sent[i]]
+    assert all(events[i]["truncated"] and sent[i].startswith(got[i]) for i in cut), [got[i] for i in cut]
+    # 150 requests of 27 (simple) or 76 (extended) bytes: 1 or 2 read boundaries
+    assert len(cut) <= 2, [got[i] for i in cut]
+    assert not any(e["text_missing"] for e in events)
     assert "not followed" not in run.stderr, run.stderr
 
 
@@ -200,3 +205,30 @@ def test_socket_method_counts_tls_requests_it_cannot_read():
     # a record each: the 30 queries, the Terminate message at close, and
     # TLS 1.3's encrypted handshake messages (application-data records)
     assert m and 31 <= int(m.group(1)) <= 36, run.stderr
+
+
+def test_socket_method_says_which_texts_it_did_not_read(pg):
+    """A cursor's next rows are an Execute of a portal left open, with no
+    Query, Parse or Bind to read a text from: the statement is reported
+    without text, marked as not read (not as prepared before tracing), and
+    counted at exit."""
+    with Run(["postgres", "--method", "socket", "-m", "0", "-j", "-p", pg.pid]) as run:
+        c = RawClient(pg)
+        c.sock.sendall(c.query("BEGIN"))
+        c.until_ready(1)
+        c.sock.sendall(c.msg(b"P", b"\0SELECT generate_series(1, 3) AS cursor_rows\0\0\0")
+                       + c.msg(b"B", b"c1\0\0" + b"\0\0" * 3)
+                       + c.msg(b"E", b"c1\0\0\0\0\1") + c.msg(b"S"))
+        first = c.until_ready(1)
+        c.sock.sendall(c.msg(b"E", b"c1\0\0\0\0\1") + c.msg(b"S"))
+        more = c.until_ready(1)
+        c.sock.sendall(c.query("COMMIT"))
+        c.until_ready(1)
+        c.sock.sendall(c.msg(b"X"))
+        c.sock.close()
+    assert b"s" in first and b"s" in more  # PortalSuspended: one row at a time
+    events = [e for e in run.events() if e["pid"] != 0]
+    assert [e["query"] for e in events] == ["BEGIN", "SELECT generate_series(1, 3) AS cursor_rows", "", "COMMIT"]
+    assert [e["text_missing"] for e in events] == [False, False, True, False]
+    assert "1 statements had no text: the socket method did not read it" in run.stderr, run.stderr
+    assert "prepared before tracing" not in run.stderr

@@ -51,3 +51,14 @@ def test_event_dict_is_what_json_writer_writes():
         out = io.StringIO()
         JsonWriter(out).on_event(ev)
         assert json.loads(out.getvalue()) == event_dict(ev)
+
+
+def test_table_says_why_a_text_is_missing():
+    from dbslower.abi import EV_NO_TEXT, EV_TEXT_UNREAD
+    out = io.StringIO()
+    w = TableWriter(out)
+    w.on_event(event("", flags=EV_NO_TEXT))
+    w.on_event(event("", flags=EV_NO_TEXT | EV_TEXT_UNREAD))
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("[text unavailable: prepared before tracing]")
+    assert lines[1].endswith("[text not read by the socket method]")

@@ -34,7 +34,8 @@
  * and Sync only) is not a statement, unless it fails; the time of a Parse
  * sent on its own goes to the first request that binds its statement, as
  * the server's log lines add up. A request pipelined behind another in one
- * read starts when the one before it is answered, and has no text.
+ * read starts when the one before it is answered; where it begins in the
+ * read is kept (req_at) for its text.
  *
  * Text: a Query's, or a Parse's in the same request, read from the input
  * buffer when the statement is reported (the buffer is not reused before
@@ -73,6 +74,9 @@ struct pg_sock {
 	u32 walk_len;
 	u32 walk_pos;     /* ...from here */
 	u32 exec_mask;    /* bit i: pending request i executes something */
+	u64 req_at[SOCK_REQS]; /* where each pending request's first message is (a ring from req_head) */
+	u64 open_at;      /* where the request still open began */
+	u8 req_head;
 	u8 pending;       /* requests received and not yet answered */
 	u8 open;          /* messages of a request whose Sync has not come yet */
 	u8 open_exec;     /* ...among them an Execute */
@@ -168,8 +172,9 @@ static __always_inline void end_request(struct pg_sock *v, u64 now)
 	v->added_ns = 0;
 }
 
-/* A request ended in what was read: bit 1 if it executes something. */
-static __always_inline void add_request(struct pg_sock *v, u32 executes)
+/* A request ended in what was read: bit 1 if it executes something; it
+ * began at `at`. */
+static __always_inline void add_request(struct pg_sock *v, u32 executes, u64 at)
 {
 	volatile u8 *pending = &v->pending;
 	volatile u32 *mask = &v->exec_mask;
@@ -178,6 +183,7 @@ static __always_inline void add_request(struct pg_sock *v, u32 executes)
 		return;
 	if (executes)
 		*mask |= 1u << (n & 31);
+	v->req_at[(v->req_head + n) & (SOCK_REQS - 1)] = at;
 	*pending = n + 1;
 }
 
@@ -200,17 +206,20 @@ static __always_inline void walk(struct pg_sock *v)
 		if (bpf_probe_read_user(h, sizeof(h), buf + pos) != 0)
 			break;
 		u8 t = h[0];
+		u64 at = (u64)(buf + pos);
 		if (t == 'Q') {
-			add_request(v, 1);
+			add_request(v, 1, at);
 		} else if (t == 'S') {
-			add_request(v, *open_exec);
+			add_request(v, *open_exec, *open ? v->open_at : at);
 			*open = 0;
 			*open_exec = 0;
-		} else if (t == 'E') {
-			*open = 1;
-			*open_exec = 1;
 		} else if (t != 'd' && t != 'c' && t != 'f') {
-			*open = 1; /* not COPY data, which belongs to a running Query */
+			/* not COPY data, which belongs to a running Query */
+			if (!*open)
+				v->open_at = at;
+			*open = 1;
+			if (t == 'E')
+				*open_exec = 1;
 		}
 		pos += 1 + be32(h + 1);
 	}
@@ -378,8 +387,15 @@ static __always_inline void fill_text(struct pg_sock *v, u32 tgid)
 		struct named_key k = {.tgid = tgid, .name_hash = name_hash(at)};
 		if (take_kept_text(&v->ev, named.lookup(&k), v->created_ns))
 			return;
+		v->ev.flags |= EV_NO_TEXT; /* parsed before tracing started */
+		count(CTR_NO_TEXT);
+		return;
 	}
-	v->ev.flags |= EV_NO_TEXT;
+	/* A request that starts with neither Query, Parse nor Bind (an Execute
+	 * of a portal left open, a cursor's next rows), or whose first message
+	 * had left the buffer. */
+	v->ev.flags |= EV_NO_TEXT | EV_TEXT_UNREAD;
+	count(CTR_TEXT_UNREAD);
 }
 
 /* The message before ReadyForQuery (at z in buf) is an ErrorResponse or a
@@ -499,12 +515,21 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 	}
 	v->exec_mask >>= 1;
 	v->pending--;
+	v->req_head++;
 	if (v->more)
 		walk(v);
 	if (v->pending || v->open) {
-		/* The next pipelined request starts now; its text is not known. */
-		v->text_kind = TEXT_NONE;
+		/* The next pipelined request starts now. Its messages are still
+		 * where the read put them: the backend reads again (and moves
+		 * what is left to the buffer's start, pqcomm.c pq_recvbuf) only
+		 * when it has used everything before them. */
 		start_request(v, now, tgid, tid);
+		v->text_kind = TEXT_NONE;
+		u64 at = v->pending ? v->req_at[v->req_head & (SOCK_REQS - 1)] : v->open_at;
+		u64 end = v->walk_buf + v->walk_len;
+		u8 type = 0;
+		if (at >= v->walk_buf && at < end && bpf_probe_read_user(&type, 1, (const void *)at) == 0)
+			find_text(v, tgid, (const u8 *)at, end - at, type);
 	}
 	return 0;
 }
