@@ -26,6 +26,11 @@ SOCKET_MODES = {"socket-filter": ["--method", "socket", "-m", "100000"],
                 "socket-hist": ["--method", "socket", "--hist"]}
 SOCKET_PREFIX = "tracepoint__sys"  # bpftool shows 15 characters of tracepoint__syscalls__sys_*
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+# A long statement, as ORMs and sqlcommenter-style tags make them: pgbench's
+# select with a 900-byte trailing comment (pg-long rows).
+LONG_SELECT = ("\\set aid random(1, 100000 * :scale)\n"
+               "SELECT abalance FROM pgbench_accounts WHERE aid = :aid /* " + "x" * 900 + " */;\n")
+LONG_MODES = ("filter", "serve", "serve-fp")
 
 
 def _programs(prefix):
@@ -78,6 +83,15 @@ def main(seconds=4):
                     prefix = SOCKET_PREFIX if mode in SOCKET_MODES else "pg_"
                     progs, n = _traced("postgres", pg.pid, mode, prefix, run)
                     rows.append(_row(f"pg-{proto}", mode, progs, n))
+            script = pg.dir / "long.sql"
+            script.write_text(LONG_SELECT)
+            for mode in LONG_MODES:
+                def run():
+                    out = pg.pgbench("-n", "-f", str(script), "-c", "2", "-T", str(seconds))
+                    return int(next(line for line in out.splitlines()
+                                    if "number of transactions actually processed" in line).split(":")[1].split("/")[0])
+                progs, n = _traced("postgres", pg.pid, mode, "pg_", run)
+                rows.append(_row("pg-long", mode, progs, n))
         with MariaServer() as maria:
             maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
             for mode in [*MODES, *SOCKET_MODES]:

@@ -398,7 +398,15 @@ def test_check_and_config(pg, tmp_path):
         assert f"127.0.0.1:{port}" in serve.stderr  # the flag won over the file
         pg.psql("SELECT pg_sleep(0.01), 'kept'")
         wait_for(lambda: "'kept'" in serve.stdout, 20, "the statement over the file's 5 ms")
+        # A slow statement's whole text, though under the threshold only
+        # its first bytes are read (its first word is all the metrics need).
+        pg.psql("SELECT 'fast and long' /* " + "x" * 700 + " */")
+        pg.psql("SELECT pg_sleep(0.01) /* " + "y" * 700 + " end of the long text */")
+        wait_for(lambda: "end of the long text" in serve.stdout, 20, "the long statement's whole text")
         serve.stop()
+    logged = [json.loads(line) for line in serve.stdout.splitlines()]
+    assert [len(e["query"]) for e in logged if "y" * 700 in e["query"]] == [749]
+    assert not any("fast and long" in e["query"] for e in logged)
     cfg.write_text("threshhold = 5\n")
     r = run_cli(["serve", "--config", cfg])
     assert r.returncode == 2 and "unknown keys threshhold" in r.stderr and "Traceback" not in r.stderr

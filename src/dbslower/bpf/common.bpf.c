@@ -343,6 +343,13 @@ static __always_inline int needs_full_text(u64 duration_ns)
 #endif
 }
 
+/* A text's first OP_PREFIX_BYTES, all that its operation key reads. */
+static __always_inline void copy_op_prefix(struct query_event *ev, const char *text)
+{
+	int n = bpf_probe_read_user_str(ev->text, OP_PREFIX_BYTES + 1, text);
+	ev->text_len = n > 0 ? n - 1 : 0;
+}
+
 /* Defined by the engine's fragment: the fingerprint of the statement kept
  * under cache_key (see finish_statement_cached) is fp. */
 static __always_inline void engine_fingerprinted(u64 cache_key, u32 tgid, u64 fp);

@@ -127,8 +127,16 @@ static __always_inline void close_window(struct pg_inflight *v, u64 now)
 		v->pending_ns += ns;
 		v->done = 1;
 #if MODE != MODE_HIST
-		if (v->pending_ns >= THRESHOLD_NS && !v->text_copied)
-			copy_text(v, (const char *)v->text_ptr);
+		if (v->pending_ns >= THRESHOLD_NS && !v->text_copied) {
+			/* serve: a statement under its slow threshold is only
+			 * counted, by its first word */
+			if (needs_full_text(v->pending_ns)) {
+				copy_text(v, (const char *)v->text_ptr);
+			} else {
+				v->text_copied = 1;
+				copy_op_prefix(&v->ev, (const char *)v->text_ptr);
+			}
+		}
 #endif
 		return;
 	}
