@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from dbslower import hist
+from dbslower.abi import format_error_code
 
 # Bucket bounds: 8 per power of two from 2^13 ns (8.2 us) to 2^35 ns (34 s),
 # each the upper bound of a kernel bucket (hist.py: 16 per power of two), so
@@ -67,6 +68,11 @@ def _merge(into, accs):
         into.setdefault(key, _Acc()).add(acc)
 
 
+def _add_counts(into, counts):
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
+
+
 class MetricsSink:
     """Collector and pipeline sink. Sources removed while serving (a server
     gone, a binary replaced) are folded into the totals so no counter goes
@@ -88,6 +94,7 @@ class MetricsSink:
         self.folded_ops = {}     # label tuple -> _Acc, from sources no longer attached
         self.folded_fps = {}     # (system, fingerprint) -> _Acc
         self.folded_lost = {}    # reason -> count
+        self.folded_errors = {}  # statement labels + (status code,) -> count
         self.folded_missing = 0
         self.fp_last_change = {}  # (system, fingerprint) -> (count, monotonic time it last grew)
         self.counters = {"attach_errors": 0, "text_truncated": 0, "log_sampled_out": 0, "log_written": 0}
@@ -95,23 +102,25 @@ class MetricsSink:
 
     # --- pipeline sink ----------------------------------------------------
     def on_snapshots(self, items):
-        ops, fps, lost = {}, {}, dict(self.folded_lost)
+        ops, fps, lost, errors = {}, {}, dict(self.folded_lost), dict(self.folded_errors)
         for src, snap in items:
-            o, f = self._accumulate(src, snap)
+            o, f, e = self._accumulate(src, snap)
             _merge(ops, o)
             _merge(fps, f)
+            _add_counts(errors, e)
             for reason, n in src.lost_by_reason().items():
                 lost[reason] = lost.get(reason, 0) + n
         _merge(ops, self.folded_ops)
         _merge(fps, self.folded_fps)
-        families = self._families(ops, fps, lost, [src for src, _ in items])
+        families = self._families(ops, fps, lost, errors, [src for src, _ in items])
         with self.lock:
             self.families = families
 
     def on_source_removed(self, src, snap):
-        o, f = self._accumulate(src, snap)
+        o, f, e = self._accumulate(src, snap)
         _merge(self.folded_ops, o)
         _merge(self.folded_fps, f)
+        _add_counts(self.folded_errors, e)
         for reason, n in src.lost_by_reason().items():
             self.folded_lost[reason] = self.folded_lost.get(reason, 0) + n
         self.folded_missing += src.texts_missing()
@@ -126,13 +135,14 @@ class MetricsSink:
 
     # ----------------------------------------------------------------------
     def _accumulate(self, src, snap):
-        """Per label set and per fingerprint, from one source's cumulative maps."""
+        """Per label set, per fingerprint, and failed statements per label set
+        and status code, from one source's cumulative maps."""
         data = snap[0]
         if not data:
-            return {}, {}
+            return {}, {}, {}
         stats, hists = data
         system = src.system_name
-        ops, fps = {}, {}
+        ops, fps, errors = {}, {}, {}
         keys = {}
 
         def key_for(kfp, db_id, server_id, failed):
@@ -148,6 +158,12 @@ class MetricsSink:
 
         for (kfp, db_id, server_id, failed), h in hists.items():
             labels, fp = key_for(kfp, db_id, server_id, failed)
+            if failed:
+                # The histogram keys keep each error's code; the statement
+                # sums do not, so codes get a counter of their own.
+                code = format_error_code(src.engine, failed) or ERROR_TYPE_UNKNOWN
+                ekey = labels[:3] + labels[4:] + (code,)
+                errors[ekey] = errors.get(ekey, 0) + sum(h.values())
             acc = ops.setdefault(labels, _Acc())
             facc = fps.setdefault((system, fp), _Acc()) if self.fingerprint_metrics else None
             for b, n in h.items():
@@ -164,9 +180,9 @@ class MetricsSink:
                     ops.setdefault(labels, _Acc()).sum_ns += ns
             if self.fingerprint_metrics:
                 fps.setdefault((system, src.book.group(kfp)), _Acc()).sum_ns += total_ns
-        return ops, fps
+        return ops, fps, errors
 
-    def _families(self, ops, fps, lost, sources):
+    def _families(self, ops, fps, lost, errors, sources):
         labels = ["db_system_name", "db_namespace", "db_operation_name", "error_type"]
         if self.container_label:
             labels.append("container_id")
@@ -176,6 +192,12 @@ class MetricsSink:
         for key, acc in sorted(ops.items()):
             h.add_metric(list(key), acc.buckets_text(), acc.sum_ns / 1e9)
         out = [h]
+        e = CounterMetricFamily("dbslower_statement_errors", "Failed statements by the server's status "
+                                "code (SQLSTATE, MySQL error number; _OTHER when unknown)",
+                                labels=labels[:3] + labels[4:] + ["db_response_status_code"])
+        for key, n in sorted(errors.items()):
+            e.add_metric(list(key), n)
+        out.append(e)
         if self.fingerprint_metrics:
             out.append(self._fingerprint_family(fps))
         c = CounterMetricFamily("dbslower_events_lost", "Statements or events dbslower could not "

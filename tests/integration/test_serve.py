@@ -263,6 +263,10 @@ def test_operation_names_follow_the_first_keyword(pg, keys):
         assert got == expected
         failed = serve.count("postgresql", db_operation_name="OTHER", error_type="_OTHER")
         assert failed == rounds
+        # and by the server's code: psycopg's SyntaxError is SQLSTATE 42601
+        errors = [line for line in serve.metrics().splitlines() if line.startswith("dbslower_statement_errors_total{")]
+        assert len(errors) == 1 and 'db_response_status_code="42601"' in errors[0], errors
+        assert 'db_operation_name="OTHER"' in errors[0] and float(errors[0].rsplit(" ", 1)[1]) == rounds
         assert serve.stop() == 0
 
 
@@ -473,3 +477,29 @@ def test_log_rate_budget_sheds_lines_not_counts(pg):
     lines = serve.stdout.splitlines()
     assert len(lines) == written < 3000
     assert sampled > 0 and written + sampled >= 3000
+
+
+def test_failed_statements_counted_by_the_servers_code(maria):
+    """MariaDB's error numbers, as PyMySQL reports them, per operation."""
+    import pymysql
+    codes = {}
+    with Serve("-p", maria.pid) as serve:
+        conn = pymysql.connect(unix_socket=str(maria.sock), user="root", database="sbtest", autocommit=True)
+        with conn.cursor() as cur:
+            for sql in ["SELECT * FROM no_such_table"] * 3 + ["SELECTX 1"] * 2 + ["SELECT 1"]:
+                try:
+                    cur.execute(sql)
+                except pymysql.MySQLError as e:
+                    key = (sql.split()[0].upper() if sql.startswith("SELECT ") else "OTHER", str(e.args[0]))
+                    codes[key] = codes.get(key, 0) + 1
+        conn.close()
+        serve.wait_count("mariadb", 4, db_operation_name="SELECT")
+        got = {}
+        text = serve.metrics()
+        for line in text.splitlines():
+            if line.startswith("dbslower_statement_errors_total{") and 'db_system_name="mariadb"' in line:
+                lab = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                got[(lab["db_operation_name"], lab["db_response_status_code"])] = float(line.rsplit(" ", 1)[1])
+        assert serve.stop() == 0
+    assert codes == {("SELECT", "1146"): 3, ("OTHER", "1064"): 2}
+    assert got == codes, [line for line in text.splitlines() if "mariadb" in line and "bucket" not in line]
