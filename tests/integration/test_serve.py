@@ -203,6 +203,17 @@ def test_prometheus_counts_exact_and_p99_matches_server_log(pg, maria):
             assert prom.scalar('sum(dbslower_events_lost_total)') == 0
             assert prom.scalar('sum(dbslower_targets)') == 2
             assert prom.scalar('process_resident_memory_bytes{job="dbslower"}') > 0
+            # The dashboard's queries run as Grafana would send them, over these series.
+            dashboard = json.loads((ROOT / "contrib" / "grafana-dashboard.json").read_text())
+            for panel in dashboard["panels"]:
+                for target in panel["targets"]:
+                    expr = target["expr"]
+                    for var, value in (("$system", ".*"), ("$database", ".*"), ("$job", ".*"),
+                                       ("$__rate_interval", "1m")):
+                        expr = expr.replace(var, value)
+                    result = prom.query(expr)
+                    if "duration_seconds_bucket" in expr or "duration_seconds_count" in expr:
+                        assert result, (panel["title"], expr)
         finally:
             prom.stop()
         assert serve.stop() == 0
