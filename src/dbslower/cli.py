@@ -338,6 +338,7 @@ def describe_plan(plan, tracer, program=True):
         lines.append(f"  binary {t.binary.path} ({t.binary.flavor} {ver}, version from {t.binary.version_source or 'nowhere'})")
         lines.append(f"    method: {t.method}, because {t.reason}")
         lines.append(f"    probe hits per statement: {t.hits}")
+        lines.append(f"    attached as: {tracer.attached_as(t)}")
         for p in t.probes:
             lines.append(f"    {p.kind:<9} {p.site} -> {p.fn}")
         for n in t.notes:

@@ -381,6 +381,17 @@ class Tracer:
             raise
         return links
 
+    def attached_as(self, target):
+        """How a target's uprobe and USDT sites are attached, for -v."""
+        for lt in self.loaded:
+            if lt.target is target:
+                if lt.links:
+                    return f"{len(lt.links)} uprobe_multi links (set {PERF_UPROBES_ENV}=1 for perf events)"
+                if lt.bpf.uprobe_fds:
+                    return f"{len(lt.bpf.uprobe_fds)} perf-event uprobes"
+                return "syscall tracepoints only"
+        return "not attached"
+
     def _seed_pids(self):
         if not self.plan.filter_pids:
             return

@@ -139,6 +139,9 @@ def test_verbose_says_method_and_why(pg):
     assert r.returncode == 0, r.stderr
     assert "method: usdt, because binary has USDT probes" in r.stderr
     assert "#define USE_USDT 1" in r.stderr
+    # one link per USDT probe and uprobe listed
+    sites = [line for line in r.stderr.splitlines() if line.strip().startswith(("usdt ", "uprobe "))]
+    assert f"attached as: {len(sites)} uprobe_multi links" in r.stderr, sites
 
 
 def test_pid_filter_excludes_other_clusters(pg):
@@ -231,6 +234,7 @@ def test_usdt_probe_held_by_bcc_trace_falls_back_to_uprobes(pg, attach_env):
             pg.psql("SELECT 'while trace holds the probe'")
         assert [e["query"] for e in run.events()] == ["SELECT 'while trace holds the probe'"]
         assert "method: uprobe, because USDT probes could not be enabled" in run.stderr
+        assert ("perf-event uprobes" if attach_env else "uprobe_multi links") in run.stderr
         assert "another tool may be tracing them" in run.stderr
     finally:
         holder.send_signal(signal.SIGINT)
