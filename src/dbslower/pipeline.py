@@ -261,20 +261,21 @@ class Source:
     def lost(self):
         return sum(self.lost_by_reason().values())
 
+    def _counter(self, i):
+        c = self.tracer.counters()
+        return c[i] if len(c) > i else 0
+
     def exited(self):
         """Statements whose process or thread exited before they finished."""
-        c = self.tracer.counters()
-        return c[CTR_EXITED] if len(c) > CTR_EXITED else 0
+        return self._counter(CTR_EXITED)
 
     def texts_missing(self):
         """Statements reported without text: prepared before tracing."""
-        c = self.tracer.counters()
-        return c[CTR_NO_TEXT] if len(c) > CTR_NO_TEXT else 0
+        return self._counter(CTR_NO_TEXT)
 
     def texts_unread(self):
         """Statements reported without text: the socket method did not read it."""
-        c = self.tracer.counters()
-        return c[CTR_TEXT_UNREAD] if len(c) > CTR_TEXT_UNREAD else 0
+        return self._counter(CTR_TEXT_UNREAD)
 
     def snapshot(self):
         """Cumulative kernel aggregates, and the losses so far."""

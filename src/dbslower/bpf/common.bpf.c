@@ -55,6 +55,18 @@
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, CTR_COUNT);
 
+/* A statement starts now in thread tid of process tgid: what every engine
+ * resets first (the engine's own fields follow). */
+static __always_inline void start_event(struct query_event *ev, u64 now, u32 tgid, u32 tid)
+{
+	ev->start_ns = now;
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->flags = 0;
+	ev->error_code = 0;
+	ev->text_len = 0;
+}
+
 static __always_inline void count(int which)
 {
 	u64 *c = counters.lookup(&which);

@@ -45,19 +45,14 @@ static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
 	v->ps = 0;
 	v->end_ns = 0;
 	v->state = MY_OPEN;
+	start_event(&v->ev, now, id >> 32, tid);
 	v->ev.conn_id = 0;
 	v->ev.fp = 0;
-	v->ev.text_len = 0;
-	v->ev.error_code = 0;
 	v->ev.server_id = 0;
 	v->ev.command = 0;
-	v->ev.flags = 0;
 	v->ev.db[0] = 0;
 	v->ev.user[0] = 0;
 	v->ev.host[0] = 0;
-	v->ev.start_ns = now;
-	v->ev.pid = id >> 32;
-	v->ev.tid = tid;
 #if SERVER_IDS
 	u32 tgid = id >> 32;
 	struct proc_info *pp = procs.lookup(&tgid);

@@ -157,13 +157,8 @@ static __always_inline void start_command(struct my_sock *v, u64 now, u32 tgid, 
 	v->sends = 0;
 	v->in_sync = 1;
 	v->walk_skip = 0;
-	v->ev.start_ns = now;
-	v->ev.pid = tgid;
-	v->ev.tid = tid;
+	start_event(&v->ev, now, tgid, tid);
 	v->ev.command = head[0];
-	v->ev.flags = 0;
-	v->ev.error_code = 0;
-	v->ev.text_len = 0;
 	v->ev.fp = 0;
 #if SERVER_IDS
 	struct proc_info *pp = procs.lookup(&tgid);

@@ -199,12 +199,7 @@ static __always_inline int on_status(const char *text, int running)
 		v->has_text = 1;
 		v->text_copied = 0;
 		v->error_pending = 0;
-		v->ev.start_ns = now;
-		v->ev.pid = tgid;
-		v->ev.tid = tid;
-		v->ev.flags = 0;
-		v->ev.error_code = 0;
-		v->ev.text_len = 0;
+		start_event(&v->ev, now, tgid, tid);
 		pg_context(&v->ev, &v->last_app_ptr, tgid, tid);
 	}
 	return 0;

@@ -154,12 +154,7 @@ static __always_inline void keep_named(struct pg_sock *v, u32 tgid, const char *
 
 static __always_inline void start_request(struct pg_sock *v, u64 now, u32 tgid, u32 tid)
 {
-	v->ev.start_ns = now;
-	v->ev.pid = tgid;
-	v->ev.tid = tid;
-	v->ev.flags = 0;
-	v->ev.error_code = 0;
-	v->ev.text_len = 0;
+	start_event(&v->ev, now, tgid, tid);
 	pg_context(&v->ev, &v->last_app_ptr, tgid, tid);
 }
 
