@@ -40,9 +40,11 @@ OURS = {
     "socket-hist": ["--method", "socket", "--hist", "-j"],
 }
 # serve: as installed (kernel digests by operation); serve-fp: with the opt-in
-# per-fingerprint metrics (kernel digests by fingerprint)
+# per-fingerprint metrics (kernel digests by fingerprint); socket-serve: with
+# method = "socket"
+SERVE = {"serve": [], "serve-fp": ["--fingerprint-metrics"], "socket-serve": ["--method", "socket"]}
 CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "serve", "serve-fp", "bcc", "serverlog",
-              "socket-floor", "socket-filter", "socket-stream", "socket-hist"]
+              "socket-floor", "socket-filter", "socket-stream", "socket-hist", "socket-serve"]
 SERVE_PORT = 19479
 FP = {"mariadb-point": "select c from sbtest? where id=?",
       "pg-simple": "select abalance from pgbench_accounts where aid = ?",
@@ -184,9 +186,8 @@ class Bench:
         out = self.tmp / f"{workload}-{cond}.out"
         if cond in OURS:
             return Tracer([sys.executable, "-m", "dbslower", engine, "-p", str(pid), *OURS[cond]], b"Tracing", out)
-        if cond in ("serve", "serve-fp"):
-            extra = ["--fingerprint-metrics"] if cond == "serve-fp" else []
-            t = Tracer([sys.executable, "-m", "dbslower", "serve", "-p", str(pid), *extra,
+        if cond in SERVE:
+            t = Tracer([sys.executable, "-m", "dbslower", "serve", "-p", str(pid), *SERVE[cond],
                         "--listen", f"127.0.0.1:{SERVE_PORT}"], b"Tracing", out)
             t.scraper = Scraper(SERVE_PORT)
             return t
@@ -230,11 +231,11 @@ class Bench:
             m = re.search(r'^dbslower_query_duration_seconds_count\{[^}]*db_query_summary="' + re.escape(fp)
                           + r'"[^}]*\} (\S+)', scraper.last, re.M)
             row["events"] = int(float(m.group(1))) if m else 0
-        if cond == "serve":
+        if cond in ("serve", "socket-serve"):
             row["events"] = int(sum(float(x) for x in re.findall(
                 r'^db_server_operation_duration_seconds_count\{[^}]*db_operation_name="SELECT"[^}]*\} (\S+)',
                 scraper.last, re.M)))
-        if cond.startswith("serve"):
+        if cond in SERVE:
             lost = int(sum(float(x) for x in re.findall(r"^dbslower_events_lost_total\{[^}]*\} (\S+)",
                                                           scraper.last, re.M)))
         elif cond in ("stream", "bcc", "socket-stream"):

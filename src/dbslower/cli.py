@@ -223,6 +223,9 @@ def build_serve_parser(add_help=True):
                    help="with --fingerprint-metrics: drop a fingerprint's series after this long unseen (default 600)")
     p.add_argument("--container-label", action="store_true", default=None,
                    help="add a container_id label to db_server_operation_duration_seconds")
+    p.add_argument("--method", choices=["auto", "socket"], default=None,
+                   help="socket: time statements at the servers' sockets, cheaper per statement; "
+                        "not for TLS connections (default auto: the servers' own probes)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each probe plan to stderr")
     return p
 
@@ -259,7 +262,7 @@ def parse_serve_args(argv):
     args = build_serve_parser().parse_args(argv)
     flags = {k: getattr(args, k) for k in ("threshold", "listen", "log", "exe", "redact", "interval",
                                             "rediscover", "text_bytes", "log_rate", "fingerprint_metrics",
-                                            "top_fingerprints", "fingerprint_ttl", "container_label")}
+                                            "top_fingerprints", "fingerprint_ttl", "container_label", "method")}
     flags["pid"] = [p for group in args.pid for p in group] if args.pid else None
     config = load_config(args.config) if args.config else {}
     args.settings = merge_settings(config, flags)

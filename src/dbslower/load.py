@@ -321,9 +321,14 @@ class Tracer:
         # A tail call needs caller and callee loaded for the same attach
         # type (kernel/bpf/core.c, bpf_prog_map_compatible).
         attach_type = _BPF_TRACE_UPROBE_MULTI if multi else -1
+        # ...and of the same program type: the socket methods call it from
+        # syscall tracepoints.
+        prog_type = bcc.BPF.KPROBE
+        if target.method == "socket":
+            prog_type, attach_type = bcc.BPF.TRACEPOINT, -1
         if self.plan.mode in DIGEST_MODES:
             try:
-                chunk = b.load_func(b"fp_chunk", bcc.BPF.KPROBE, attach_type=attach_type)
+                chunk = b.load_func(b"fp_chunk", prog_type, attach_type=attach_type)
                 b["fp_chain"][ct.c_int(0)] = ct.c_int(chunk.fd)
             except Exception as e:
                 b.cleanup()

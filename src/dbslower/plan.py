@@ -154,7 +154,8 @@ def _pg_socket_target(binary, elf, run_pid, hits):
                 "its messages (2 recvfrom exits, one of them EAGAIN before the backend waits, and a sendto entry)")
     notes = ["latency includes reading the request and sending the response; an extended-protocol "
              "cycle up to its Sync is one statement; TLS connections cannot be read (counted)"]
-    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES), {}, notes,
+    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES),
+            {"DIGEST_IN_TAIL": 1}, notes,
             ["common.bpf.c", "pg_context.bpf.c", "postgres_socket.bpf.c"])
 
 
@@ -167,11 +168,13 @@ def _my_socket_target(binary, elf, run_pid, hits):
     notes = ["latency includes reading the command and sending the reply; a multi-statement query is one "
              "statement; no user, database or connection id; TLS connections cannot be read (counted)"]
     return ("socket", "--method socket: the server threads' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES),
-            dict(quirks.COM), notes, ["common.bpf.c", "mysql_socket.bpf.c"])
+            dict(quirks.COM, DIGEST_IN_TAIL=1), notes, ["common.bpf.c", "mysql_socket.bpf.c"])
 
 
 METHODS = ("auto", "socket")
-SOCKET_MODES = ("stream", "hist", "floor")
+# serve keys its histograms by operation, which a statement without text
+# (see the socket fragments) still has a label for; fingerprints it has not.
+SOCKET_MODES = ("stream", "hist", "floor", "serve")
 
 
 def _pg_versioned(binary, table):
@@ -325,11 +328,14 @@ def _semaphores(elf, names):
     return out
 
 
-def check_method(engine, mode, binary, method):
+def check_method(engine, mode, binary, method, digest_key="fingerprint"):
     """Raises UsageError when the method cannot serve this engine and mode."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", f"one of {', '.join(METHODS)}")
     if method == "socket":
+        if mode == "serve" and digest_key != "operation":
+            raise UsageError("method socket gives no text for some statements, so no per-fingerprint metrics",
+                             "drop fingerprint_metrics, or use method auto")
         if mode not in SOCKET_MODES:
             raise UsageError("--method socket gives no text for some statements, so no digests",
                              "use it for slow statements or --hist")
@@ -340,7 +346,7 @@ def check_method(engine, mode, binary, method):
 
 def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
               text_bytes=1024, mode="stream", no_usdt=None, method="auto", digest_key="fingerprint"):
-    check_method(engine, mode, binary, method)
+    check_method(engine, mode, binary, method, digest_key)
     if digest_key not in ("fingerprint", "operation"):
         raise UsageError(f"unknown digest key {digest_key!r}")
     if text_bytes not in TEXT_BYTES_CHOICES:

@@ -18,7 +18,7 @@ from dbslower.discover import ENGINES, binary_engine, engine_of, file_key, find_
 from dbslower.errors import DbslowerError, NoServer, UsageError
 from dbslower.load import load_plan
 from dbslower.pipeline import Source, close_sources
-from dbslower.plan import TEXT_BYTES_CHOICES
+from dbslower.plan import METHODS, TEXT_BYTES_CHOICES
 
 DEFAULT_PORT = 9479
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -44,6 +44,9 @@ class Settings:
     top_fingerprints: int = 50
     fingerprint_ttl: float = 600.0    # s without a call before a fingerprint's series go
     container_label: bool = False
+    # "socket": time statements at the servers' sockets (syscall tracepoints),
+    # cheaper than the server's own probes; see the README's serve section.
+    method: str = "auto"
 
     def check(self):
         problems = []
@@ -56,6 +59,10 @@ class Settings:
                 problems.append(f"{name} must be between 0.05 and 3600 seconds")
         if self.log_rate < 0 or self.top_fingerprints < 1 or self.fingerprint_ttl <= 0:
             problems.append("log_rate must be >= 0, top_fingerprints >= 1 and fingerprint_ttl > 0")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}")
+        elif self.method == "socket" and self.fingerprint_metrics:
+            problems.append("method socket gives no text for some statements: it cannot have fingerprint_metrics")
         if any(not isinstance(p, int) or p <= 0 for p in self.pid):
             problems.append("pid must be a list of positive integers")
         try:
@@ -196,7 +203,8 @@ class Fleet:
         try:
             plan, tracer = load_plan(engine, servers, pids=[srv.pid for srv in servers] if s.pid else None,
                                      threshold_ns=0, text_bytes=s.text_bytes, mode="serve",
-                                     digest_key="fingerprint" if s.fingerprint_metrics else "operation")
+                                     digest_key="fingerprint" if s.fingerprint_metrics else "operation",
+                                     method=s.method)
         except DbslowerError as e:
             self.failed[key] = time.monotonic()
             self.on_attach_error()
@@ -214,7 +222,10 @@ class Fleet:
             if (key[0], pid) not in self.server_ids:
                 self.server_ids[(key[0], pid)] = len(self.server_ids) + 1
             return self.server_ids[(key[0], pid)]
-        src.register(servers, procs, server_id, follow_filter=bool(self.settings.pid))
+        # The socket method's tracepoints see every process: its filter
+        # always follows the servers, as -p's does.
+        src.register(servers, procs, server_id,
+                     follow_filter=bool(self.settings.pid) or self.settings.method == "socket")
 
     def close(self):
         close_sources(list(self.sources.values()))

@@ -514,3 +514,46 @@ def test_failed_statements_counted_by_the_servers_code(maria):
         assert serve.stop() == 0
     assert codes == {("SELECT", "1146"): 3, ("OTHER", "1064"): 2}
     assert got == codes, [line for line in text.splitlines() if "mariadb" in line and "bucket" not in line]
+
+
+def test_socket_method_counts_exact_per_protocol(pg, maria, tmp_path):
+    """serve --method socket: the histograms count every statement the
+    servers' own logs have, in PostgreSQL's simple, extended and prepared
+    protocols and MariaDB's text and binary protocols, the database is known
+    on PostgreSQL, failures are counted by SQLSTATE, and a slow statement is
+    logged with its whole text."""
+    import psycopg
+    n = 600
+    log = pg.log_statements(True)
+    start = log.stat().st_size
+    slow_log = tmp_path / "slow.jsonl"
+    with Serve("-p", f"{pg.pid},{maria.pid}", "--method", "socket", "-m", "100", "--no-redact",
+               "--log", slow_log) as serve:
+        assert "postgres via socket; mariadb /usr/sbin/mariadbd via socket" in serve.stderr, serve.stderr
+        for protocol in ("simple", "extended", "prepared"):
+            out = pg.pgbench("-n", "-S", "-M", protocol, "-c", "2", "-j", "2", "-t", n // 2)
+            assert f"number of transactions actually processed: {n}/{n}" in out
+        with psycopg.connect(host=str(pg.sock), port=pg.port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            for _ in range(3):
+                with pytest.raises(psycopg.errors.UndefinedTable):
+                    conn.execute("SELECT * FROM no_such_table")
+            conn.execute("SELECT pg_sleep(0.15) /* " + "z" * 500 + " the slow one */")
+        for ps_mode in ("disable", "auto"):
+            maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", f"--db-ps-mode={ps_mode}",
+                           f"--events={n}", "--threads=2", "run")
+        logged = parse_pg_log(log.read_text(errors="replace")[start:])
+        assert sum(x.query.startswith("SELECT abalance") for x in logged) == 3 * n
+        serve.wait_count("postgresql", len(logged) + 3)  # the log has no line for a failed statement
+        serve.wait_count("mariadb", 2 * n)
+        wait_for(lambda: "the slow one" in slow_log.read_text(), 20, "the slow statement in the log")
+        assert serve.count("postgresql", db_namespace="postgres") == len(logged) + 3
+        assert serve.count("mariadb", db_operation_name="SELECT") == 2 * n
+        errors = [line for line in serve.metrics().splitlines()
+                  if line.startswith("dbslower_statement_errors_total{") and "postgresql" in line]
+        assert len(errors) == 1 and 'db_response_status_code="42P01"' in errors[0] and errors[0].endswith(" 3.0")
+        assert serve.stop() == 0
+    pg.log_statements(False)
+    slow = [json.loads(line) for line in slow_log.read_text().splitlines()]
+    assert [e["query"] for e in slow] == ["SELECT pg_sleep(0.15) /* " + "z" * 500 + " the slow one */"]
+    assert 150 <= slow[0]["duration_ms"] < 300

@@ -48,6 +48,13 @@
 #ifndef DIGEST_ENTRIES
 #define DIGEST_ENTRIES 16384
 #endif
+/* The socket methods' handlers hand a finished statement to fp_chunk by a
+ * tail call even when digests are keyed by operation: walking the wire
+ * protocol and updating the digests in one program exceeds the verifier's
+ * budget (E2BIG). */
+#ifndef DIGEST_IN_TAIL
+#define DIGEST_IN_TAIL 0
+#endif
 #ifndef DIGEST_BY_OPERATION
 #define DIGEST_BY_OPERATION 0
 #endif
@@ -404,7 +411,7 @@ static __always_inline void finish_statement_cached(struct query_event *ev, u64 
 		digest_update(ev, ev->fp);
 		return;
 	}
-#if DIGEST_BY_OPERATION
+#if DIGEST_BY_OPERATION && !DIGEST_IN_TAIL
 	/* Keyed by the first word, found in a few bytes: no hashing of the
 	 * whole text, no tail calls. */
 	u64 key = operation_key(ev->text, bounded_len(ev->text_len));
@@ -523,6 +530,13 @@ int fp_chunk(struct pt_regs *ctx)
 	struct fp_work *w = fp_work.lookup(&zero);
 	if (!w || !w->pending)
 		return 0;
+#if DIGEST_BY_OPERATION
+	/* DIGEST_IN_TAIL: keyed by its first word, as finish_statement_cached
+	 * does in the other engines' handlers. */
+	w->pending = 0;
+	digest_update(&w->ev, operation_key(w->ev.text, bounded_len(w->ev.text_len)));
+	return 0;
+#endif
 	u32 len = bounded_len(w->ev.text_len);
 	if (len > FP_MAX_BYTES)
 		len = FP_MAX_BYTES;
@@ -562,7 +576,7 @@ int fp_chunk(struct pt_regs *ctx)
 /* Every probe handler that can finish a statement ends with this: the
  * statement is hashed by the tail-called fp_chunk, after the handler's own
  * map updates are done. */
-static __always_inline void digest_tail(struct pt_regs *ctx)
+static __always_inline void digest_tail(void *ctx)
 {
 	u32 zero = 0;
 	struct fp_work *w = fp_work.lookup(&zero);
@@ -570,7 +584,7 @@ static __always_inline void digest_tail(struct pt_regs *ctx)
 		fp_chain.call(ctx, 0);
 }
 #else
-static __always_inline void digest_tail(struct pt_regs *ctx)
+static __always_inline void digest_tail(void *ctx)
 {
 }
 #endif

@@ -124,18 +124,20 @@ static __always_inline void prepared_text(struct my_sock *v, u32 tgid)
 	count(CTR_NO_TEXT);
 }
 
-/* The thread reads again: the command before ended at its last send. */
-static __always_inline void report_command(struct my_sock *v, u32 tgid)
+/* The thread reads again: the command before ended at its last send.
+ * Returns 1 when a statement finished. */
+static __always_inline int report_command(struct my_sock *v, u32 tgid)
 {
 	v->state = MS_IDLE;
 	if (!v->sends)
-		return; /* no reply: nothing to time */
+		return 0; /* no reply: nothing to time */
 	v->ev.duration_ns = v->last_send_ns - v->ev.start_ns;
 #if MODE != MODE_HIST
 	if (v->ev.duration_ns >= THRESHOLD_NS && v->cmd != COM_QUERY)
 		prepared_text(v, tgid);
 #endif
 	finish_statement(&v->ev);
+	return 1;
 }
 
 /* The command's text: what this read of its payload brought. */
@@ -188,19 +190,19 @@ static __always_inline void start_command(struct my_sock *v, u64 now, u32 tgid, 
 #endif
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+/* A server thread's recv() returned ret. Returns 1 when a statement
+ * finished. */
+static __always_inline int my_recv(long ret)
 {
-	FLOOR_RETURN();
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
 	struct my_sock *v = my_sock_state.lookup(&tid);
 	if (!v && !pid_traced(tgid))
 		return 0; /* every other process on the host */
-	long ret = args->ret;
 	if (ret <= 0) {
 		/* EAGAIN: the server waits for its client's next command. */
 		if (v && v->state == MS_RUNNING && !v->payload_left)
-			report_command(v, tgid);
+			return report_command(v, tgid);
 		else if (v && v->state == MS_OTHER && !v->payload_left)
 			v->state = MS_IDLE;
 		return 0;
@@ -247,8 +249,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 	u8 h[4] = {};
 	bpf_probe_read_user(h, sizeof(h), buf);
 	u8 seq = h[3];
+	int finished = 0;
 	if (seq == 0 && v->state == MS_RUNNING)
-		report_command(v, tgid); /* a command sent before the last reply ended */
+		finished = report_command(v, tgid); /* a command sent before the last reply ended */
 	if (seq == 1) {
 		/* The client's handshake response: a new connection on fd. */
 		v->conn_stamp = bpf_ktime_get_ns();
@@ -261,6 +264,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 		v->state = MS_BODY;
 	/* Other packets (authentication, LOAD DATA LOCAL's file) are skipped
 	 * within the command they belong to. */
+	return finished;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+{
+	FLOOR_RETURN();
+	if (my_recv(args->ret))
+		digest_tail(args); /* serve: the digests are updated in fp_chunk (DIGEST_IN_TAIL) */
 	return 0;
 }
 

@@ -375,7 +375,10 @@ static __always_inline void fill_text(struct pg_sock *v, u32 tgid)
 		return; /* copied when more input arrived */
 	const char *at = (const char *)(v->batch + v->text_off);
 	if (v->text_kind == TEXT_IN_BATCH) {
-		copy_cstr(&v->ev, at);
+		if (needs_full_text(v->ev.duration_ns))
+			copy_cstr(&v->ev, at);
+		else
+			copy_op_prefix(&v->ev, at); /* serve, under its threshold: the first word is all it needs */
 		return;
 	}
 	if (v->text_kind == TEXT_NAMED) {
@@ -457,18 +460,17 @@ static __always_inline void scan_error(struct pg_sock *v, const u8 *buf, u32 z)
 	}
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+/* The backend sends (fd, buf, len): a response, or part of one. Returns 1
+ * when a statement finished. */
+static __always_inline int pg_send(u64 fd, const u8 *buf, u64 len)
 {
-	FLOOR_RETURN();
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
 	struct pg_sock *v = sock_state.lookup(&tid);
-	if (!v || args->fd != v->conn_fd || !v->seen_request)
+	if (!v || fd != v->conn_fd || !v->seen_request)
 		return 0;
-	u64 len = args->len;
 	if (len < 6 || len > (1u << 30))
 		return 0;
-	const u8 *buf = (const u8 *)args->buff;
 	/* The last 8 bytes (6 of a lone ReadyForQuery, at tail + 2). */
 	u8 tail[8] = {};
 	if (len >= 8)
@@ -501,7 +503,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 	end_request(v, now);
 	/* A request that executes nothing is not a statement, unless it
 	 * failed: then the client's statement failed at its Parse. */
-	if ((v->exec_mask & 1) || (v->ev.flags & EV_FAILED)) {
+	int finished = (v->exec_mask & 1) || (v->ev.flags & EV_FAILED);
+	if (finished) {
 #if MODE != MODE_HIST
 		if (v->ev.duration_ns >= THRESHOLD_NS)
 			fill_text(v, tgid);
@@ -526,6 +529,14 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 		if (at >= v->walk_buf && at < end && bpf_probe_read_user(&type, 1, (const void *)at) == 0)
 			find_text(v, tgid, (const u8 *)at, end - at, type);
 	}
+	return finished;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+{
+	FLOOR_RETURN();
+	if (pg_send(args->fd, (const u8 *)args->buff, args->len))
+		digest_tail(args); /* serve: the digests are updated in fp_chunk (DIGEST_IN_TAIL) */
 	return 0;
 }
 
