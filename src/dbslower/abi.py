@@ -34,6 +34,10 @@ CTR_UNFOLLOWED_CONN = 6  # socket method: a connection it cannot read (MySQL ove
 CTR_TEXT_UNREAD = 7    # socket method: a statement reported without its text (see EV_TEXT_UNREAD)
 CTR_COUNT = 8
 
+# The socket methods without -p: the longest binary path (with its NUL) the
+# kernel matches at exec to follow a newly started server (bpf/common.bpf.c).
+EXEC_PATH_BYTES = 128
+
 # query_event.error_code of a failed statement whose code was not seen (a
 # PostgreSQL error raised with a non-constant level, MySQL without a status
 # source); 0 means "no error".
@@ -119,7 +123,7 @@ def c_defines():
              "EV_TRUNCATED", "EV_FAILED", "EV_NO_TEXT", "EV_TEXT_UNREAD", "KIND_QUERY", "KIND_SAMPLE", "KIND_EXIT", "KIND_APP",
              "CTR_LOST_EVENTS", "CTR_MAP_FULL", "CTR_NO_TEXT", "CTR_EXITED", "CTR_INFLIGHT_FULL", "CTR_UNFOLLOWED",
              "CTR_UNFOLLOWED_CONN", "CTR_TEXT_UNREAD", "CTR_COUNT",
-             "HIST_SUB_BITS", "HIST_MIN_SHIFT", "HIST_OCTAVES", "OP_LETTERS", "OP_SCAN_BYTES")
+             "HIST_SUB_BITS", "HIST_MIN_SHIFT", "HIST_OCTAVES", "OP_LETTERS", "OP_SCAN_BYTES", "EXEC_PATH_BYTES")
     out = {n: globals()[n] for n in names}
     out["ERROR_CODE_UNKNOWN"] = f"{ERROR_CODE_UNKNOWN}U"
     out["OP_KEY_TAG"] = f"{OP_KEY_TAG}ULL"

@@ -411,6 +411,12 @@ class Tracer:
             t = lt.bpf["traced_pids"]
             for pid, mode in pids.items():
                 t[ct.c_uint32(pid)] = ct.c_uint8(mode)
+            if self.plan.follow_exec:
+                f = lt.bpf["follow_exec"]
+                for path, mode in self.plan.follow_exec.items():
+                    raw = os.fsencode(path)
+                    if len(raw) < abi.EXEC_PATH_BYTES:  # longer paths are found by rediscovery
+                        f[f.Key(raw)] = ct.c_uint8(mode)
 
     def add_filter_pids(self, pids):
         """More processes for the kernel's PID filter: {pid: TRACE_*}."""

@@ -58,6 +58,9 @@ class Plan:
     text_bytes: int
     mode: str
     filter_pids: dict      # pid -> TRACE_*; empty: no process filter
+    # The socket method without -p: binary path -> TRACE_*, for the processes
+    # that exec one of them (bpf/common.bpf.c, sched_process_exec)
+    follow_exec: dict = field(default_factory=dict)
     ringbuf_pages: int = 4096  # 16 MiB: seconds of every-query streaming at full load
     # Digest modes: "fingerprint", or "operation" where the first word is all
     # the labels need (serve without per-fingerprint metrics): cheaper per statement.
@@ -72,6 +75,7 @@ class Plan:
             "DIGEST_BY_OPERATION": 1 if self.by_operation else 0,
             "SERVER_IDS": 0 if self.mode == "floor" else 1,
             "FILTER_PIDS": 1 if self.filter_pids else 0,
+            "FOLLOW_EXEC": 1 if self.follow_exec else 0,
             "DQUOTE_IS_STRING": 1 if self.engine == "mysql" else 0,
             "RINGBUF_PAGES": self.ringbuf_pages,
             # each CPU wakes the reader after writing this much (bpf/common.bpf.c, send_record)
@@ -365,9 +369,11 @@ def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
         paths[binary] = binary
     targets = [plan_target(engine, paths[k], group, no_usdt, method)
                for k, group in sorted(by_binary.items(), key=lambda kv: paths[kv[0]])]
-    filter_pids = {}
+    filter_pids, follow_exec = {}, {}
     # The socket method's tracepoints fire for every process: it always
-    # follows the servers found, with their forks.
+    # follows the servers found, with their forks, and without -p also the
+    # servers that start from the same binaries.
+    server_mode = TRACE_INHERIT if engine == "postgres" else TRACE_SELF
     if pids or method == "socket":
         for s in servers:
             if engine == "postgres" and s.role == "server":
@@ -376,4 +382,7 @@ def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
                     filter_pids[c] = TRACE_SELF
             else:
                 filter_pids[s.pid] = TRACE_SELF
-    return Plan(engine, targets, threshold_ns, text_bytes, mode, filter_pids, digest_key=digest_key)
+    if method == "socket" and not pids:
+        follow_exec = {t.binary.path: server_mode for t in targets}
+    return Plan(engine, targets, threshold_ns, text_bytes, mode, filter_pids, digest_key=digest_key,
+                follow_exec=follow_exec)

@@ -66,7 +66,7 @@ def test_postgres_socket_variants(pg, mode, text_bytes):
     require_root()
     from dbslower.discover import find_servers
     servers = find_servers("postgres", pids=[pg.pid])
-    for filter_pids in (False, True):  # the socket method filters by PID either way
+    for filter_pids in (False, True):  # the socket method filters by PID either way (FOLLOW_EXEC without -p)
         got, sizes = load("postgres", servers, mode, text_bytes, filter_pids, method="socket")
         assert got == "socket" and set(sizes) - {"fp_chunk"} == {"tracepoint__syscalls__sys_exit_recvfrom",
                                                                   "tracepoint__syscalls__sys_enter_sendto"}
@@ -78,9 +78,10 @@ def test_mysql_socket_variants(maria, mode, text_bytes):
     require_root()
     from dbslower.discover import find_servers
     servers = find_servers("mysql", pids=[maria.pid])
-    got, sizes = load("mysql", servers, mode, text_bytes, True, method="socket")
-    assert got == "socket" and set(sizes) - {"fp_chunk"} == {"tracepoint__syscalls__sys_exit_recvfrom",
-                                                              "tracepoint__syscalls__sys_enter_sendto"}
+    for filter_pids in (False, True):  # without -p it also follows servers exec'd from the binary
+        got, sizes = load("mysql", servers, mode, text_bytes, filter_pids, method="socket")
+        assert got == "socket" and set(sizes) - {"fp_chunk"} == {"tracepoint__syscalls__sys_exit_recvfrom",
+                                                                  "tracepoint__syscalls__sys_enter_sendto"}
 
 
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])

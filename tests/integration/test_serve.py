@@ -281,14 +281,16 @@ def test_operation_names_follow_the_first_keyword(pg, keys):
         assert serve.stop() == 0
 
 
-def test_follows_a_server_started_later_restarted_and_gone():
+@pytest.mark.parametrize("method", ["auto", "socket"])
+def test_follows_a_server_started_later_restarted_and_gone(method):
     """-x a binary no server runs yet: the server started later is found, its
     restart (new postmaster) keeps being counted, and when it goes away serve
-    detaches and keeps running, with the counts it had."""
+    detaches and keeps running, with the counts it had. The socket method's
+    PID filter follows the new postmaster and its backends."""
     from lab.servers import wheel_pg_bindir
     bindir = wheel_pg_bindir("pgserver")
     before = uprobes()
-    with Serve("-x", bindir / "postgres") as serve:
+    with Serve("-x", bindir / "postgres", "--method", method) as serve:
         assert "no server yet" in serve.stderr
         pg = PgServer(bindir=bindir, user="dbslower_wheel").start()
         try:

@@ -55,6 +55,9 @@
 #ifndef DIGEST_IN_TAIL
 #define DIGEST_IN_TAIL 0
 #endif
+#ifndef FOLLOW_EXEC
+#define FOLLOW_EXEC 0
+#endif
 #ifndef DIGEST_BY_OPERATION
 #define DIGEST_BY_OPERATION 0
 #endif
@@ -264,6 +267,33 @@ static __always_inline void send_note(u8 kind, u32 tgid, u32 tid, u64 app_ptr, c
 		note->text_len = n > 0 ? n - 1 : 0;
 	}
 	send_record(note, offsetof(struct query_event, text) + 64);
+}
+#endif
+
+#if FILTER_PIDS && FOLLOW_EXEC
+/* The socket methods' tracepoints see every process, so they follow the
+ * servers by PID. Without -p every server of the traced binaries is wanted,
+ * as uprobes on the binary would have it: a server started or restarted
+ * from one of them joins the filter at its exec, not seconds later when
+ * user space looks again. Keyed by the binary's path as discovery read it
+ * (/proc/PID/exe); a server started through another path (a symlink, a
+ * container's view) is found by that later look instead. One entry per
+ * traced binary; 64 is more than one host runs. */
+struct exec_path {
+	char path[EXEC_PATH_BYTES];
+};
+BPF_HASH(follow_exec, struct exec_path, u8, 64);
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	struct exec_path k = {};
+	TP_DATA_LOC_READ_STR(k.path, filename, sizeof(k.path));
+	u8 *mode = follow_exec.lookup(&k);
+	if (mode) {
+		u32 pid = args->pid;
+		traced_pids.update(&pid, mode);
+	}
+	return 0;
 }
 #endif
 
