@@ -29,6 +29,12 @@ HEADER_FIELDS = (
 )
 HEADER = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS))
 TEXT_OFFSET = HEADER.size
+# The numbers, without the connection strings after them: only MySQL's USDT
+# probes fill those, so they are unpacked only when their first byte is set.
+_NUMBERS = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS[:-3]))
+_STRINGS = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS[-3:]))
+_USER_AT = _NUMBERS.size + struct.calcsize(HEADER_FIELDS[-3][1])
+_HOST_AT = _USER_AT + struct.calcsize(HEADER_FIELDS[-2][1])
 
 TEXT_MISSING = "[text unavailable: prepared before tracing]"
 TEXT_UNREAD = "[text not read by the socket method]"
@@ -40,7 +46,6 @@ PER_PROCESS_CACHE = 4096
 PAGE = mmap.PAGESIZE
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
-_U32 = struct.Struct("<I")
 
 
 class RingReader:
@@ -64,17 +69,18 @@ class RingReader:
         # behind, and the kernel then drops records as if the buffer were full.
         self.cons_pos = memoryview(self.cons).cast("B").cast("Q")
         self.prod_pos = memoryview(self.data)[:8].cast("Q")
+        self.words = memoryview(self.data).cast("I")  # record headers, without struct's per-call cost
 
     def read(self, handle):
         """Calls handle(buffer, offset, length) for each record; returns the count."""
-        data, cons_pos = self.data, self.cons_pos
+        data, cons_pos, words = self.data, self.cons_pos, self.words
         cons = cons_pos[0]
         prod = self.prod_pos[0]
         n = 0
         mask = self.mask
         while cons < prod:
             off = PAGE + (cons & mask)
-            hdr = _U32.unpack_from(data, off)[0]
+            hdr = words[off >> 2]  # records are 8-byte aligned
             if hdr & _BUSY:
                 break
             length = hdr & ~(_BUSY | _DISCARD)
@@ -91,6 +97,7 @@ class RingReader:
     def close(self):
         self.cons_pos.release()
         self.prod_pos.release()
+        self.words.release()
         self.cons.close()
         self.data.close()
 
@@ -346,7 +353,7 @@ class Decoder:
 
     def decode(self, buf, off, length):
         (start_ns, duration_ns, conn_id, fp, app_ptr, pid, tid, text_len, db_id, server_id, error_code, command,
-         flags, kind, db, user, host) = HEADER.unpack_from(buf, off)
+         flags, kind) = _NUMBERS.unpack_from(buf, off)
         text_len = min(text_len, length - TEXT_OFFSET)
         raw = buf[off + TEXT_OFFSET:off + TEXT_OFFSET + text_len]
         ev = Event()
@@ -378,7 +385,8 @@ class Decoder:
         ev.server = None  # set by the pipeline: from the kernel's server id, else server_of()
         if self.titles is not None:
             ev.context = self.titles.get(pid, start_ns, app_ptr)
-        elif db[0] or user[0] or host[0]:
+        elif self.engine == "mysql" and (buf[off + _NUMBERS.size] or buf[off + _USER_AT] or buf[off + _HOST_AT]):
+            db, user, host = _STRINGS.unpack_from(buf, off + _NUMBERS.size)
             ev.context = (_cstr(user), _cstr(db), _cstr(host), None)
         else:
             ev.context = NO_CONTEXT

@@ -222,13 +222,21 @@ class Source:
         only = self._only_server()
 
         redacting = self.redact
+        names = {}  # server id -> name, for this batch (servers are registered between batches)
 
         def handle(buf, off, length):
             ev = decode(buf, off, length)
             ev.origin = self
             if redacting and ev.kind in (KIND_QUERY, KIND_SAMPLE) and ev.query:
                 ev.query = redact(self.engine, ev.query)
-            ev.server = server_name(ev.server_id) if ev.server_id or single else server_of(ev.pid)
+            sid = ev.server_id
+            if sid or single:
+                name = names.get(sid)
+                if name is None:
+                    name = names[sid] = server_name(sid)
+                ev.server = name
+            else:
+                ev.server = server_of(ev.pid)
             if ev.db_id:
                 # The kernel read the database's OID: its name comes from the
                 # cluster's pg_database, so it is right even for a backend that
