@@ -20,3 +20,29 @@ def test_defaults_follow_bcc_conventions():
 def test_bad_arguments_raise_usage_error(argv):
     with pytest.raises(UsageError):
         parse_args(argv)
+
+
+def test_shipped_serve_configuration_names_every_setting_with_its_default():
+    """contrib/dbslower.toml (installed as /etc/dbslower/dbslower.toml) loads,
+    and documents every serve setting (commented-out keys count) at its default."""
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    from dbslower.serve import Settings, load_config, merge_settings
+    path = Path(__file__).resolve().parents[2] / "contrib" / "dbslower.toml"
+    values = load_config(path)
+    mentioned = set(re.findall(r"^#? ?(\w+) = ", path.read_text(), re.M))
+    assert mentioned == {f.name for f in fields(Settings)}
+    defaults = Settings()
+    assert {k: v for k, v in values.items() if getattr(defaults, k) != v} == {"log": "/var/log/dbslower/slow.jsonl"}
+    assert merge_settings(values, {}).method == "auto"
+
+
+@pytest.mark.parametrize("settings, wrong", [({"method": "sockets"}, "method must be one of"),
+                                             ({"method": "socket", "fingerprint_metrics": True},
+                                              "cannot have fingerprint_metrics")])
+def test_serve_method_setting_is_checked(settings, wrong):
+    from dbslower.serve import merge_settings
+    with pytest.raises(UsageError, match=wrong):
+        merge_settings(settings, {})
