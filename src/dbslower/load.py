@@ -318,14 +318,13 @@ class Tracer:
                                       "another tool may be tracing them") from e
             raise AttachFailed(f"cannot load the BPF program for {target.binary.path}: {e}",
                                "run with -v to see the program; check the kernel headers") from e
-        # A tail call needs caller and callee loaded for the same attach
-        # type (kernel/bpf/core.c, bpf_prog_map_compatible).
-        attach_type = _BPF_TRACE_UPROBE_MULTI if multi else -1
-        # ...and of the same program type: the socket methods call it from
-        # syscall tracepoints.
-        prog_type = bcc.BPF.KPROBE
+        # A tail call needs caller and callee loaded with the same program
+        # and attach type (kernel/bpf/core.c, bpf_prog_map_compatible): the
+        # socket methods call fp_chunk from syscall tracepoints.
         if target.method == "socket":
             prog_type, attach_type = bcc.BPF.TRACEPOINT, -1
+        else:
+            prog_type, attach_type = bcc.BPF.KPROBE, (_BPF_TRACE_UPROBE_MULTI if multi else -1)
         if self.plan.mode in DIGEST_MODES:
             try:
                 chunk = b.load_func(b"fp_chunk", prog_type, attach_type=attach_type)

@@ -107,7 +107,7 @@ class JsonWriter:
         ts = self.ts
         sec, rem = divmod(ev.start_ns, 1_000_000_000)
         if sec != ts.sec:
-            ts.iso(ev.start_ns)
+            ts._set(sec)
         ms, frac = divmod(ev.duration_ns, 1_000_000)  # integer arithmetic: faster than a float's format
         if flags & (EV_FAILED | EV_NO_TEXT | EV_TRUNCATED):
             status = (f'"truncated":{"true" if flags & EV_TRUNCATED else "false"},'
@@ -203,7 +203,7 @@ class Output:
             self.texts = []
         if not self.chunks:
             return True
-        data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        data = b"".join(self.chunks)
         self.chunks = []
         done = 0
         view = memoryview(data)  # slices without copies

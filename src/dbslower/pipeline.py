@@ -96,11 +96,12 @@ class Source:
         self._seeded = set()      # pids in the kernel's procs map
         self._examined = set()    # backends whose database OID was read
 
-    def register(self, servers, procs, server_id, follow_filter=False):
+    def register(self, servers, procs, server_id):
         """SERVER_IDS: numbers the servers (server_id(pid) -> its number),
         seeds each server process and its running backends into the kernel's
         `procs` map (new backends inherit at fork), adds them to the PID
-        filter with follow_filter, and learns PostgreSQL database names."""
+        filter when the plan has one (-p, or the socket method), and learns
+        PostgreSQL database names."""
         target = self.plan.targets[0]
         engine = self.engine
         seeding = bool(self.plan.cflags(target).get("SERVER_IDS"))
@@ -136,7 +137,7 @@ class Source:
                 children[p.pid] = info[p.ppid]
         for pid in list(new) + list(children):
             self._seeded.add(pid)
-            if follow_filter:
+            if self.plan.filter_pids:
                 new_filter[pid] = TRACE_INHERIT if pid in info and engine == "postgres" else TRACE_SELF
         if children and seeding:
             self.tracer.seed_procs(children)

@@ -76,6 +76,8 @@ class Plan:
             "SERVER_IDS": 0 if self.mode == "floor" else 1,
             "FILTER_PIDS": 1 if self.filter_pids else 0,
             "FOLLOW_EXEC": 1 if self.follow_exec else 0,
+            # the socket methods' handlers reach the digests through fp_chunk (bpf/common.bpf.c)
+            "DIGEST_IN_TAIL": 1 if target.method == "socket" else 0,
             "DQUOTE_IS_STRING": 1 if self.engine == "mysql" else 0,
             "RINGBUF_PAGES": self.ringbuf_pages,
             # each CPU wakes the reader after writing this much (bpf/common.bpf.c, send_record)
@@ -158,8 +160,7 @@ def _pg_socket_target(binary, elf, run_pid, hits):
                 "its messages (2 recvfrom exits, one of them EAGAIN before the backend waits, and a sendto entry)")
     notes = ["latency includes reading the request and sending the response; an extended-protocol "
              "cycle up to its Sync is one statement; TLS connections cannot be read (counted)"]
-    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES),
-            {"DIGEST_IN_TAIL": 1}, notes,
+    return ("socket", "--method socket: the backends' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES), {}, notes,
             ["common.bpf.c", "pg_context.bpf.c", "postgres_socket.bpf.c"])
 
 
@@ -172,7 +173,7 @@ def _my_socket_target(binary, elf, run_pid, hits):
     notes = ["latency includes reading the command and sending the reply; a multi-statement query is one "
              "statement; no user, database or connection id; TLS connections cannot be read (counted)"]
     return ("socket", "--method socket: the server threads' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES),
-            dict(quirks.COM, DIGEST_IN_TAIL=1), notes, ["common.bpf.c", "mysql_socket.bpf.c"])
+            dict(quirks.COM), notes, ["common.bpf.c", "mysql_socket.bpf.c"])
 
 
 METHODS = ("auto", "socket")
@@ -335,10 +336,10 @@ def _semaphores(elf, names):
 def check_method(engine, mode, binary, method, digest_key="fingerprint"):
     """Raises UsageError when the method cannot serve this engine and mode."""
     if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}", f"one of {', '.join(METHODS)}")
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if method == "socket":
         if mode == "serve" and digest_key != "operation":
-            raise UsageError("method socket gives no text for some statements, so no per-fingerprint metrics",
+            raise UsageError("method socket gives no text for some statements: it cannot have fingerprint_metrics",
                              "drop fingerprint_metrics, or use method auto")
         if mode not in SOCKET_MODES:
             raise UsageError("--method socket gives no text for some statements, so no digests",
@@ -373,7 +374,6 @@ def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
     # The socket method's tracepoints fire for every process: it always
     # follows the servers found, with their forks, and without -p also the
     # servers that start from the same binaries.
-    server_mode = TRACE_INHERIT if engine == "postgres" else TRACE_SELF
     if pids or method == "socket":
         for s in servers:
             if engine == "postgres" and s.role == "server":
@@ -383,6 +383,7 @@ def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
             else:
                 filter_pids[s.pid] = TRACE_SELF
     if method == "socket" and not pids:
+        server_mode = TRACE_INHERIT if engine == "postgres" else TRACE_SELF
         follow_exec = {t.binary.path: server_mode for t in targets}
     return Plan(engine, targets, threshold_ns, text_bytes, mode, filter_pids, digest_key=digest_key,
                 follow_exec=follow_exec)

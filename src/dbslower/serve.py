@@ -18,7 +18,7 @@ from dbslower.discover import ENGINES, binary_engine, engine_of, file_key, find_
 from dbslower.errors import DbslowerError, NoServer, UsageError
 from dbslower.load import load_plan
 from dbslower.pipeline import Source, close_sources
-from dbslower.plan import METHODS, TEXT_BYTES_CHOICES
+from dbslower.plan import TEXT_BYTES_CHOICES, check_method
 
 DEFAULT_PORT = 9479
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -59,10 +59,10 @@ class Settings:
                 problems.append(f"{name} must be between 0.05 and 3600 seconds")
         if self.log_rate < 0 or self.top_fingerprints < 1 or self.fingerprint_ttl <= 0:
             problems.append("log_rate must be >= 0, top_fingerprints >= 1 and fingerprint_ttl > 0")
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {', '.join(METHODS)}")
-        elif self.method == "socket" and self.fingerprint_metrics:
-            problems.append("method socket gives no text for some statements: it cannot have fingerprint_metrics")
+        try:
+            check_method(None, "serve", None, self.method, self.digest_key)
+        except UsageError as e:
+            problems.append(str(e))
         if any(not isinstance(p, int) or p <= 0 for p in self.pid):
             problems.append("pid must be a list of positive integers")
         try:
@@ -71,6 +71,11 @@ class Settings:
             problems.append(str(e))
         if problems:
             raise UsageError("; ".join(problems), "see 'dbslower serve -h'")
+
+    @property
+    def digest_key(self):
+        """How the kernel keys serve's digests: by operation unless per-fingerprint metrics are asked for."""
+        return "fingerprint" if self.fingerprint_metrics else "operation"
 
     def listen_address(self):
         host, sep, port = self.listen.rpartition(":")
@@ -203,8 +208,7 @@ class Fleet:
         try:
             plan, tracer = load_plan(engine, servers, pids=[srv.pid for srv in servers] if s.pid else None,
                                      threshold_ns=0, text_bytes=s.text_bytes, mode="serve",
-                                     digest_key="fingerprint" if s.fingerprint_metrics else "operation",
-                                     method=s.method)
+                                     digest_key=s.digest_key, method=s.method)
         except DbslowerError as e:
             self.failed[key] = time.monotonic()
             self.on_attach_error()
@@ -222,10 +226,7 @@ class Fleet:
             if (key[0], pid) not in self.server_ids:
                 self.server_ids[(key[0], pid)] = len(self.server_ids) + 1
             return self.server_ids[(key[0], pid)]
-        # The socket method's tracepoints see every process: its filter
-        # always follows the servers, as -p's does.
-        src.register(servers, procs, server_id,
-                     follow_filter=bool(self.settings.pid) or self.settings.method == "socket")
+        src.register(servers, procs, server_id)
 
     def close(self):
         close_sources(list(self.sources.values()))
