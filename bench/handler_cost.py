@@ -4,7 +4,7 @@ run_cnt (bpftool prog show) count every run, tail calls included in the
 caller. No other load changes these figures, so they need no baseline run.
 The probe traps themselves are not included (see probe_cost.py for those).
 
-Part of `make bench`; also runnable alone: .venv/bin/python bench/handler_cost.py
+Part of `make bench`; also runnable alone: .venv/bin/python bench/handler_cost.py [postgres] [mysql]
 """
 
 import json
@@ -23,7 +23,8 @@ MODES = {"filter": ["-m", "100000"], "digest": ["--digest"], "serve": ["serve", 
 # The socket method: its syscall tracepoints also run for every other
 # process's recvfrom/sendto (pgbench's and sysbench's too), and that time counts here.
 SOCKET_MODES = {"socket-filter": ["--method", "socket", "-m", "100000"],
-                "socket-hist": ["--method", "socket", "--hist"]}
+                "socket-hist": ["--method", "socket", "--hist"],
+                "socket-serve": ["serve", "--method", "socket", "--listen", "127.0.0.1:19557"]}
 SOCKET_PREFIX = "tracepoint__sys"  # bpftool shows 15 characters of tracepoint__syscalls__sys_*
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 # A long statement, as ORMs and sqlcommenter-style tags make them: pgbench's
@@ -46,7 +47,9 @@ def _programs(prefix):
 
 
 def _traced(engine, pid, mode, prefix, workload):
-    args = MODES[mode] if mode.startswith("serve") else [engine] + {**MODES, **SOCKET_MODES}[mode]
+    args = {**MODES, **SOCKET_MODES}[mode]
+    if args[0] != "serve":
+        args = [engine] + args
     p = subprocess.Popen([sys.executable, "-m", "dbslower"] + args + ["-p", str(pid)], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -67,41 +70,55 @@ def _row(workload, mode, progs, statements):
     return f"| {workload} | {mode} | {per_stmt:.0f} | {parts} |"
 
 
-def main(seconds=4):
+def _postgres_rows(seconds):
+    rows = []
+    with PgServer() as pg:
+        pg.pgbench("-i", "-s", "1", "-q")
+        for proto in ("simple", "extended", "prepared"):
+            for mode in [*MODES, *SOCKET_MODES]:
+                def run():
+                    out = pg.pgbench("-n", "-S", "-M", proto, "-c", "2", "-T", str(seconds))
+                    return int(next(line for line in out.splitlines()
+                                    if "number of transactions actually processed" in line).split(":")[1].split("/")[0])
+                prefix = SOCKET_PREFIX if mode in SOCKET_MODES else "pg_"
+                progs, n = _traced("postgres", pg.pid, mode, prefix, run)
+                rows.append(_row(f"pg-{proto}", mode, progs, n))
+        script = pg.dir / "long.sql"
+        script.write_text(LONG_SELECT)
+        for mode in LONG_MODES:
+            def run():
+                out = pg.pgbench("-n", "-f", str(script), "-c", "2", "-T", str(seconds))
+                return int(next(line for line in out.splitlines()
+                                if "number of transactions actually processed" in line).split(":")[1].split("/")[0])
+            progs, n = _traced("postgres", pg.pid, mode, "pg_", run)
+            rows.append(_row("pg-long", mode, progs, n))
+    return rows
+
+
+def _mariadb_rows(seconds):
+    rows = []
+    with MariaServer() as maria:
+        maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
+        for mode in [*MODES, *SOCKET_MODES]:
+            def run():
+                out = maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "--threads=2",
+                                     f"--time={seconds}", "run")
+                return int(next(line for line in out.splitlines() if "queries:" in line).split()[1])
+            prefix = SOCKET_PREFIX if mode in SOCKET_MODES else "my_"
+            progs, n = _traced("mysql", maria.pid, mode, prefix, run)
+            rows.append(_row("mariadb-point", mode, progs, n))
+    return rows
+
+
+def main(seconds=4, engines=("postgres", "mysql")):
     rows = []
     before = STATS.read_text().strip()
     STATS.write_text("1")
     try:
-        with PgServer() as pg:
-            pg.pgbench("-i", "-s", "1", "-q")
-            for proto in ("simple", "extended", "prepared"):
-                for mode in [*MODES, *SOCKET_MODES]:
-                    def run():
-                        out = pg.pgbench("-n", "-S", "-M", proto, "-c", "2", "-T", str(seconds))
-                        return int(next(line for line in out.splitlines()
-                                        if "number of transactions actually processed" in line).split(":")[1].split("/")[0])
-                    prefix = SOCKET_PREFIX if mode in SOCKET_MODES else "pg_"
-                    progs, n = _traced("postgres", pg.pid, mode, prefix, run)
-                    rows.append(_row(f"pg-{proto}", mode, progs, n))
-            script = pg.dir / "long.sql"
-            script.write_text(LONG_SELECT)
-            for mode in LONG_MODES:
-                def run():
-                    out = pg.pgbench("-n", "-f", str(script), "-c", "2", "-T", str(seconds))
-                    return int(next(line for line in out.splitlines()
-                                    if "number of transactions actually processed" in line).split(":")[1].split("/")[0])
-                progs, n = _traced("postgres", pg.pid, mode, "pg_", run)
-                rows.append(_row("pg-long", mode, progs, n))
-        with MariaServer() as maria:
-            maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
-            for mode in [*MODES, *SOCKET_MODES]:
-                def run():
-                    out = maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "--threads=2",
-                                         f"--time={seconds}", "run")
-                    return int(next(line for line in out.splitlines() if "queries:" in line).split()[1])
-                prefix = SOCKET_PREFIX if mode in SOCKET_MODES else "my_"
-                progs, n = _traced("mysql", maria.pid, mode, prefix, run)
-                rows.append(_row("mariadb-point", mode, progs, n))
+        if "postgres" in engines:
+            rows += _postgres_rows(seconds)
+        if "mysql" in engines:
+            rows += _mariadb_rows(seconds)
     finally:
         STATS.write_text(before)
     head = ["| workload | mode | BPF ns per statement | per program: runs per statement × ns per run |",
@@ -110,4 +127,5 @@ def main(seconds=4):
 
 
 if __name__ == "__main__":
-    print(main())
+    # optional arguments: the engines to measure (postgres, mysql)
+    print(main(engines=tuple(sys.argv[1:]) or ("postgres", "mysql")))

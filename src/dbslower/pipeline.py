@@ -152,10 +152,11 @@ class Source:
 
     def _database_name(self, sid, oid):
         """Reads the server's pg_database again for an OID not known yet (a
-        database created later), at most once a second per server."""
+        database created later), at most once a second per server. (MySQL's
+        database keys are named by the statements that carry them.)"""
         srv = self.servers.get(sid)
         now = time.monotonic()
-        if srv is None or not srv.datadir or now < self._db_reread.get(sid, 0):
+        if self.engine != "postgres" or srv is None or not srv.datadir or now < self._db_reread.get(sid, 0):
             return None
         self._db_reread[sid] = now + 1.0
         for o, name in pg_database_names(srv.datadir).items():

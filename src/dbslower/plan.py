@@ -74,6 +74,8 @@ class Plan:
             "SLOW_EVENTS": 1 if self.mode in ("top", "serve") else 0,
             "DIGEST_BY_OPERATION": 1 if self.by_operation else 0,
             "SERVER_IDS": 0 if self.mode == "floor" else 1,
+            # serve labels MySQL statements by database: digests keyed by the name's hash
+            "DB_NAME_IDS": 1 if self.mode == "serve" and self.engine == "mysql" else 0,
             "FILTER_PIDS": 1 if self.filter_pids else 0,
             "FOLLOW_EXEC": 1 if self.follow_exec else 0,
             # the socket methods' handlers reach the digests through fp_chunk (bpf/common.bpf.c)
@@ -171,7 +173,8 @@ def _my_socket_target(binary, elf, run_pid, hits):
                 "the packet header, its payload; a sendto entry), 3 when the next command is already there; "
                 "+1 per further send of a long reply")
     notes = ["latency includes reading the command and sending the reply; a multi-statement query is one "
-             "statement; no user, database or connection id; TLS connections cannot be read (counted)"]
+             "statement; user and database from the handshake, COM_INIT_DB and USE, no connection id; "
+             "TLS connections cannot be read (counted)"]
     return ("socket", "--method socket: the server threads' recvfrom/sendto syscall tracepoints", list(SOCKET_PROBES),
             dict(quirks.COM), notes, ["common.bpf.c", "mysql_socket.bpf.c"])
 

@@ -559,3 +559,59 @@ def test_socket_method_counts_exact_per_protocol(pg, maria, tmp_path):
     slow = [json.loads(line) for line in slow_log.read_text().splitlines()]
     assert [e["query"] for e in slow] == ["SELECT pg_sleep(0.15) /* " + "z" * 500 + " the slow one */"]
     assert 150 <= slow[0]["duration_ms"] < 300
+
+
+@pytest.mark.parametrize("method", ["auto", "socket"])
+def test_mariadb_statements_labelled_by_database(maria, method):
+    """db_namespace on MariaDB: the database a connection named when it
+    connected, then what COM_INIT_DB (PyMySQL's select_db) and USE changed it
+    to; a failed COM_INIT_DB changes nothing. Counted against what each client
+    ran. A connection made before tracing: its database with the server's
+    probes, unknown (empty) to the socket method, which sees no handshake."""
+    import mysql.connector
+    import pymysql
+    for db in ("shop", "crm", "hr"):
+        maria.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    maria.sql("CREATE USER IF NOT EXISTS 'reporting_user_with_a_long_name'@'localhost' IDENTIFIED BY 's3cret'; "
+              "GRANT ALL ON *.* TO 'reporting_user_with_a_long_name'@'localhost'")
+    early = pymysql.connect(unix_socket=str(maria.sock), user="root", database="sbtest", autocommit=True)
+    ran = {}
+
+    def run(conn, db, n):
+        cur = conn.cursor()
+        for i in range(n):
+            cur.execute(f"SELECT {i} + 1")
+            cur.fetchall()
+        ran[db] = ran.get(db, 0) + n
+
+    with Serve("-p", maria.pid, "--method", method) as serve:
+        run(early, "sbtest" if method == "auto" else "", 6)
+        # a password (20 bytes of authentication data before the database)
+        c1 = pymysql.connect(unix_socket=str(maria.sock), user="reporting_user_with_a_long_name",
+                             password="s3cret", database="shop", autocommit=True)
+        run(c1, "shop", 7)
+        c1.select_db("crm")
+        run(c1, "crm", 5)
+        c1.cursor().execute("USE `hr`")
+        run(c1, "hr", 4)
+        with pytest.raises(pymysql.MySQLError):
+            c1.select_db("no_such_db")
+        run(c1, "hr", 2)
+        c1.close()
+        # another driver, and a connection that names no database first
+        c2 = mysql.connector.connect(unix_socket=str(maria.sock), user="root")
+        run(c2, "", 3)
+        c2.cmd_init_db("shop")
+        run(c2, "shop", 1)
+        c2.close()
+        total = sum(ran.values())
+        serve.wait_count("mariadb", total, db_operation_name="SELECT")
+        got = {}
+        for line in serve.metrics().splitlines():
+            if line.startswith("db_server_operation_duration_seconds_count{") and 'mariadb' in line \
+                    and 'db_operation_name="SELECT"' in line:
+                lab = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                got[lab["db_namespace"]] = got.get(lab["db_namespace"], 0) + float(line.rsplit(" ", 1)[1])
+        assert serve.stop() == 0
+    early.close()
+    assert got == ran

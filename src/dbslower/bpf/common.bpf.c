@@ -42,6 +42,9 @@
 #ifndef SERVER_IDS
 #define SERVER_IDS 0
 #endif
+#ifndef DB_NAME_IDS
+#define DB_NAME_IDS 0
+#endif
 #ifndef SLOW_EVENTS
 #define SLOW_EVENTS 0
 #endif
@@ -189,6 +192,22 @@ static __always_inline int take_kept_text(struct query_event *ev, const struct k
 	ev->text_len = n;
 	ev->flags |= t->flags;
 	return 1;
+}
+
+/* MySQL/MariaDB (serve): a database's key in the digests (query_event.db_id),
+ * from its name as read into ev->db. A 32-bit FNV-1a of the name; 0 for no
+ * database. The first statement of each (operation, database) carries the
+ * name to user space in its KIND_SAMPLE record (digest_update), which
+ * labels the key with it. */
+static __always_inline u32 db_name_id(const char *db)
+{
+	u32 h = 2166136261U;
+	for (int i = 0; i < CTX_DB_BYTES; i++) {
+		if (!db[i])
+			break;
+		h = (h ^ (u8)db[i]) * 16777619U;
+	}
+	return db[0] ? (h ? h : 1) : 0;
 }
 
 /* At a syscall's exit tracepoint (the socket methods): its first three

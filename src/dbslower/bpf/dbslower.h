@@ -17,6 +17,7 @@
  *   DIGEST_BY_OPERATION 1 (serve without fingerprint metrics): digests keyed
  *                  by the statement's first word, not its fingerprint
  *   SERVER_IDS     1 (serve): digests per server and PostgreSQL database (MyDatabaseId)
+ *   DB_NAME_IDS    1 (serve, MySQL): digests per database, keyed by its name's hash
  * and per engine the rows of dbslower/quirks.py (PG_STATE_RUNNING, DC_*, ...).
  */
 #ifndef DBSLOWER_H

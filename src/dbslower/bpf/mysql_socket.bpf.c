@@ -23,8 +23,10 @@
  * What it measures, against the server's own slow log: also the reading of
  * the payload and the sending of the reply (a few microseconds). A
  * multi-statement COM_QUERY is one statement (the slow log has a line per
- * statement). There is no connection context (user, database, connection
- * id). A TLS connection cannot be read, and the server then reads and
+ * statement). The user and database come from the client's handshake
+ * response, then COM_INIT_DB and USE statements that succeed: unknown for a
+ * connection made before tracing; no client address or connection id. A
+ * TLS connection cannot be read, and the server then reads and
  * writes it with read()/write(), which are not traced: each is counted once,
  * at its SSL request (CTR_UNFOLLOWED_CONN); a compressed connection is not
  * followed. An error after the first 16 packets of a reply's last send (rows
@@ -39,7 +41,12 @@
 #define MS_RUNNING 2  /* a traced command runs, or its reply is being sent */
 #define MS_OTHER 3    /* another command (or a PREPARE) runs or is answered */
 #define MS_HANDSHAKE 4 /* the client's handshake response comes next */
-#define CLIENT_SSL 0x800 /* capability flag: the client switches to TLS now */
+/* capability flags (MySQL's include/mysql_com.h, MariaDB's the same bits) */
+#define CLIENT_CONNECT_WITH_DB 0x8 /* the handshake response names a database */
+#define CLIENT_SSL 0x800           /* the client switches to TLS now */
+#define CLIENT_SECURE_CONNECTION 0x8000 /* authentication data: 1-byte length first */
+#define CLIENT_PLUGIN_AUTH_LENENC 0x200000 /* authentication data: length-encoded length first */
+#define MY_NAME_SCAN 128 /* a user name is found within this many bytes (MariaDB: 80 at most) */
 #define MY_WALK_PKTS 16 /* reply packets walked per send to find its last one */
 
 struct my_sock {
@@ -78,6 +85,27 @@ struct stmt_key {
  * counted. COM_STMT_CLOSE deletes its entry. */
 BPF_TABLE("lru_hash", struct stmt_key, struct kept_text, stmt_texts, KEPT_TEXT_ENTRIES);
 BPF_PERCPU_ARRAY(stmt_scratch, struct kept_text, 1);
+
+struct conn_key {
+	u32 tgid;
+	u32 fd;
+};
+
+struct conn_ctx {
+	char db[CTX_DB_BYTES];
+	char user[CTX_USER_BYTES];
+};
+
+/* Each connection's user and current database, by server process and
+ * socket. A new connection on a reused fd always passes its handshake,
+ * which replaces the entry; close() is not traced, so entries of closed
+ * connections stay until the LRU takes them: 16384 is over 100 times
+ * MariaDB's default max_connections (151). */
+BPF_TABLE("lru_hash", struct conn_key, struct conn_ctx, conn_ctxs, 16384);
+struct name_buf {
+	char b[MY_NAME_SCAN];
+};
+BPF_PERCPU_ARRAY(name_scratch, struct name_buf, 1);
 
 static __always_inline u32 le24(const u8 *b)
 {
@@ -124,6 +152,100 @@ static __always_inline void prepared_text(struct my_sock *v, u32 tgid)
 	count(CTR_NO_TEXT);
 }
 
+/* The client's handshake response (HandshakeResponse41 in MySQL's protocol
+ * documentation; MariaDB's is the same up to the database): capabilities,
+ * 28 bytes of limits, character set and filler, the user name, the
+ * authentication data (its length first), then with CLIENT_CONNECT_WITH_DB
+ * the database, each name ending in a NUL. */
+static __always_inline void read_handshake(struct my_sock *v, u32 tgid, const u8 *buf, long ret, u32 caps)
+{
+	struct conn_key k = {.tgid = tgid, .fd = v->conn_fd};
+	struct conn_ctx c = {};
+	u32 zero = 0;
+	struct name_buf *nb = name_scratch.lookup(&zero);
+	char *name = nb ? nb->b : 0;
+	long n = name && ret > 32 ? bpf_probe_read_user_str(name, MY_NAME_SCAN, buf + 32) : 0;
+	if (name && n > 0) {
+		bpf_probe_read_kernel_str(c.user, sizeof(c.user), name);
+		u64 pos = 32 + n;
+		u8 b[3] = {};
+		bpf_probe_read_user(b, sizeof(b), buf + pos);
+		if (caps & CLIENT_PLUGIN_AUTH_LENENC)
+			pos += b[0] < 0xfb ? 1 + b[0] : b[0] == 0xfc ? 3 + (b[1] | ((u32)b[2] << 8)) : ret;
+		else if (caps & CLIENT_SECURE_CONNECTION)
+			pos += 1 + b[0];
+		else
+			pos += bpf_probe_read_user_str(name, MY_NAME_SCAN, buf + pos);
+		if ((caps & CLIENT_CONNECT_WITH_DB) && pos < (u64)ret)
+			bpf_probe_read_user_str(c.db, sizeof(c.db), buf + pos);
+	}
+	conn_ctxs.update(&k, &c); /* a TLS connection's: nothing known */
+}
+
+/* COM_INIT_DB or USE succeeded: the connection's database from now. */
+static __always_inline void set_conn_db(struct my_sock *v, u32 tgid, const char *db)
+{
+	struct conn_key k = {.tgid = tgid, .fd = v->conn_fd};
+	struct conn_ctx *c = conn_ctxs.lookup(&k);
+	if (c) {
+		bpf_probe_read_kernel_str(c->db, sizeof(c->db), db);
+		return;
+	}
+	struct conn_ctx fresh = {};
+	bpf_probe_read_kernel_str(fresh.db, sizeof(fresh.db), db);
+	conn_ctxs.update(&k, &fresh);
+}
+
+static __always_inline int blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* A COM_QUERY that succeeded: if it is "USE name" (any case, the name
+ * optionally in backquotes), the connection's database changes. */
+static __always_inline void apply_use(struct my_sock *v, u32 tgid)
+{
+	const char *t = v->ev.text;
+	if (v->ev.text_len < 5 || (t[0] | 0x20) != 'u' || (t[1] | 0x20) != 's' || (t[2] | 0x20) != 'e' ||
+	    !(blank(t[3]) || t[3] == '`'))
+		return;
+	u32 len = bounded_len(v->ev.text_len), at = 3;
+	for (int i = 0; i < 8; i++)
+		if (at < len && blank(t[at & (TEXT_BYTES - 1)]))
+			at++;
+	int quoted = at < len && t[at & (TEXT_BYTES - 1)] == '`';
+	at += quoted;
+	char db[CTX_DB_BYTES] = {};
+	for (int i = 0; i < CTX_DB_BYTES - 1; i++) {
+		if (at + i >= len)
+			break;
+		char c = t[(at + i) & (TEXT_BYTES - 1)];
+		if (quoted ? c == '`' : (blank(c) || c == ';'))
+			break;
+		db[i] = c;
+	}
+	if (db[0])
+		set_conn_db(v, tgid, db);
+}
+
+/* The connection's user and database into a statement to report (serve
+ * labels every statement by its database). */
+static __always_inline void conn_context(struct my_sock *v, u32 tgid)
+{
+	struct conn_key k = {.tgid = tgid, .fd = v->conn_fd};
+	struct conn_ctx *c = conn_ctxs.lookup(&k);
+	if (c) {
+		bpf_probe_read_kernel(v->ev.db, sizeof(v->ev.db), c->db);
+		bpf_probe_read_kernel(v->ev.user, sizeof(v->ev.user), c->user);
+	} else {
+		v->ev.db[0] = 0;
+		v->ev.user[0] = 0;
+	}
+#if DB_NAME_IDS
+	v->ev.db_id = db_name_id(v->ev.db);
+#endif
+}
+
 /* The thread reads again: the command before ended at its last send.
  * Returns 1 when a statement finished. */
 static __always_inline int report_command(struct my_sock *v, u32 tgid)
@@ -135,6 +257,10 @@ static __always_inline int report_command(struct my_sock *v, u32 tgid)
 #if MODE != MODE_HIST
 	if (v->ev.duration_ns >= THRESHOLD_NS && v->cmd != COM_QUERY)
 		prepared_text(v, tgid);
+	if (v->cmd == COM_QUERY && !(v->ev.flags & EV_FAILED))
+		apply_use(v, tgid);
+	if (DB_NAME_IDS || v->ev.duration_ns >= THRESHOLD_NS)
+		conn_context(v, tgid);
 #endif
 	finish_statement(&v->ev);
 	return 1;
@@ -187,6 +313,17 @@ static __always_inline void start_command(struct my_sock *v, u64 now, u32 tgid, 
 #if MODE != MODE_HIST
 	if (head[0] == COM_STMT_PREPARE)
 		copy_payload(v, buf, ret); /* kept for the executions once the reply names the statement */
+	if (head[0] == COM_INIT_DB) {
+		/* its database, taken when the reply is OK (ev.db is refilled
+		 * for every statement reported) */
+		u64 n = v->payload_len;
+		if (n > CTX_DB_BYTES)
+			n = CTX_DB_BYTES;
+		asm volatile("" : "+r"(n)); /* keeps the mask the verifier reads (bounded_len) */
+		n = (n - 1) & (CTX_DB_BYTES - 1);
+		bpf_probe_read_user(v->ev.db, n, buf + 1);
+		v->ev.db[n] = 0;
+	}
 #endif
 }
 
@@ -237,6 +374,9 @@ static __always_inline int my_recv(long ret)
 			bpf_probe_read_user(&caps, sizeof(caps), buf);
 			if (v->payload_len == 32 && (caps & CLIENT_SSL))
 				count(CTR_UNFOLLOWED_CONN);
+#if MODE != MODE_HIST
+			read_handshake(v, tgid, buf, ret, caps);
+#endif
 			v->state = MS_IDLE;
 		}
 		v->payload_left = ret >= v->payload_left ? 0 : v->payload_left - ret;
@@ -317,10 +457,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 	const u8 *buf = (const u8 *)args->buff;
 	u64 len = args->len;
 	if (v->state == MS_OTHER) {
-		if (MODE != MODE_HIST && v->cmd == COM_STMT_PREPARE && !v->sends) {
+		if (MODE != MODE_HIST && (v->cmd == COM_STMT_PREPARE || v->cmd == COM_INIT_DB) && !v->sends) {
 			u8 ok[9] = {};
 			bpf_probe_read_user(ok, sizeof(ok), buf);
-			if (ok[4] == 0)
+			if (ok[4] == 0 && v->cmd == COM_INIT_DB)
+				set_conn_db(v, id >> 32, v->ev.db);
+			else if (ok[4] == 0)
 				keep_prepared(v, id >> 32, (u32)ok[5] | ((u32)ok[6] << 8) | ((u32)ok[7] << 16) |
 							      ((u32)ok[8] << 24));
 		}

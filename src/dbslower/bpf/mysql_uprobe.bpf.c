@@ -18,7 +18,8 @@
  *  - the text, thd->query_string: the statement as the server logs it,
  *    cut at its end inside a multi-statement packet (THD_QUERY_OFFSET);
  *    without it, the COM_QUERY packet is copied at dispatch_command;
- *  - the current database, thd->db (THD_DB_OFFSET);
+ *  - the current database, thd->db (THD_DB_OFFSET), read for every
+ *    statement in serve, whose metrics are labelled by it (db_namespace);
  * and for every statement, its status: the diagnostics area's final state,
  * the one Protocol::end_statement() sends as OK or ERR (THD_DA_OFFSET).
  * Without it, my_message_sql() calls mark failures (ERROR_SINK), minus the
@@ -101,7 +102,22 @@ int my_dispatch_entry(struct pt_regs *ctx)
 	return 0;
 }
 
-/* The statement's end: its status, and for one to report, its text. */
+#if THD_DB_OFFSET >= 0
+/* thd->db: the current database when the statement ended, as the slow log
+ * names it */
+static __always_inline void read_thd_db(struct my_inflight *v)
+{
+	u64 db = 0;
+	bpf_probe_read_user(&db, sizeof(db), (void *)(v->thd + THD_DB_OFFSET));
+	if (db)
+		bpf_probe_read_user_str(v->ev.db, sizeof(v->ev.db), (void *)db);
+	else
+		v->ev.db[0] = 0;
+}
+#endif
+
+/* The statement's end: its status, its database for serve's labels, and
+ * for one to report, its text. */
 static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 {
 	u32 tgid = v->ev.pid;
@@ -116,6 +132,10 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 		v->ev.flags |= EV_FAILED;
 		bpf_probe_read_user(&v->ev.error_code, sizeof(u32), (void *)(da + DA_ERRNO_OFFSET));
 	}
+#endif
+#if DB_NAME_IDS && THD_DB_OFFSET >= 0
+	read_thd_db(v);
+	v->ev.db_id = db_name_id(v->ev.db);
 #endif
 	if (v->ev.duration_ns < THRESHOLD_NS || MODE == MODE_HIST)
 		return;
@@ -143,15 +163,9 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 			count(CTR_NO_TEXT);
 		}
 	}
-#if THD_DB_OFFSET >= 0
-	if (!full)
-		return;
-	u64 db = 0;
-	bpf_probe_read_user(&db, sizeof(db), (void *)(v->thd + THD_DB_OFFSET));
-	if (db)
-		bpf_probe_read_user_str(v->ev.db, sizeof(v->ev.db), (void *)db);
-	else
-		v->ev.db[0] = 0;
+#if THD_DB_OFFSET >= 0 && !DB_NAME_IDS
+	if (full)
+		read_thd_db(v);
 #endif
 }
 

@@ -30,6 +30,9 @@ int my_query_start(struct pt_regs *ctx)
 		bpf_probe_read_user_str(v->ev.user, sizeof(v->ev.user), (void *)user);
 	if (host)
 		bpf_probe_read_user_str(v->ev.host, sizeof(v->ev.host), (void *)host);
+#if DB_NAME_IDS
+	v->ev.db_id = db_name_id(v->ev.db);
+#endif
 	return 0;
 }
 
