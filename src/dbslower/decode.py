@@ -329,6 +329,7 @@ class Decoder:
         self.engine = engine
         self.titles = PgTitles(app_name_symbols) if engine == "postgres" and context else None
         self.servers = ServerNames(engine) if context else None
+        self.contexts = {}  # MySQL: a record's context bytes -> (user, db, client, None)
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
     def server_of(self, pid):
@@ -386,8 +387,16 @@ class Decoder:
         if self.titles is not None:
             ev.context = self.titles.get(pid, start_ns, app_ptr)
         elif self.engine == "mysql" and (buf[off + _NUMBERS.size] or buf[off + _USER_AT] or buf[off + _HOST_AT]):
-            db, user, host = _STRINGS.unpack_from(buf, off + _NUMBERS.size)
-            ev.context = (_cstr(user), _cstr(db), _cstr(host), None)
+            # A connection's statements carry the same bytes: decoded once.
+            raw_ctx = buf[off + _NUMBERS.size:off + TEXT_OFFSET]
+            ctx = self.contexts.get(raw_ctx)
+            if ctx is None:
+                db, user, host = _STRINGS.unpack(raw_ctx)
+                ctx = (_cstr(user), _cstr(db), _cstr(host), None)
+                if len(self.contexts) > PER_PROCESS_CACHE:
+                    self.contexts.clear()
+                self.contexts[raw_ctx] = ctx
+            ev.context = ctx
         else:
             ev.context = NO_CONTEXT
         return ev

@@ -100,6 +100,51 @@ def test_socket_method_statuses_and_codes(maria):
     assert failed[-1]["query"] == "INSERT INTO socket_statuses.t VALUES (?, ?)"
 
 
+def test_socket_method_user_and_database(maria):
+    """Each statement's user and database are what its client connected as
+    and last switched to: the handshake response's (with and without a
+    database, with and without a password before it), then COM_INIT_DB and
+    USE when they succeed. A connection made before tracing has none until
+    it switches."""
+    import mysql.connector
+    import pymysql
+    for db in ("shop", "crm", "hr"):
+        maria.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    user = "reporting_user_with_a_long_name"
+    maria.sql(f"CREATE USER IF NOT EXISTS '{user}'@'localhost' IDENTIFIED BY 's3cret'; "
+              f"GRANT ALL ON *.* TO '{user}'@'localhost'")
+    early = pymysql.connect(unix_socket=str(maria.sock), user="root", database="sbtest", autocommit=True)
+    expected = []
+
+    def run(conn, who, db, tag):
+        cur = conn.cursor()
+        cur.execute(f"SELECT '{tag}'")
+        cur.fetchall()
+        expected.append((f"SELECT '{tag}'", who, db))
+
+    with Run(["mysql", "--method", "socket", "-m", "0", "-j", "-p", maria.pid]) as run_:
+        run(early, None, None, "early")
+        early.select_db("crm")
+        run(early, None, "crm", "early after COM_INIT_DB")
+        c1 = pymysql.connect(unix_socket=str(maria.sock), user=user, password="s3cret", database="shop",
+                             autocommit=True)
+        run(c1, user, "shop", "handshake")
+        c1.cursor().execute("use `hr`")
+        run(c1, user, "hr", "after USE")
+        with pytest.raises(pymysql.MySQLError):
+            c1.select_db("no_such_db")
+        run(c1, user, "hr", "after a failed COM_INIT_DB")
+        c1.close()
+        c2 = mysql.connector.connect(unix_socket=str(maria.sock), user="root")
+        run(c2, "root", None, "no database")
+        c2.cmd_init_db("shop")
+        run(c2, "root", "shop", "connector after COM_INIT_DB")
+        c2.close()
+    early.close()
+    got = [(e["query"], e["user"], e["db"]) for e in run_.events() if e["query"].startswith("SELECT '")]
+    assert got == expected
+
+
 def test_socket_method_hist_counts_sysbench(maria):
     with Run(["mysql", "--method", "socket", "--hist", "-j", "-p", maria.pid]) as run:
         maria.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "--db-ps-mode=auto",
