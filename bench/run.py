@@ -46,6 +46,16 @@ SERVE = {"serve": [], "serve-fp": ["--fingerprint-metrics"], "socket-serve": ["-
 CONDITIONS = ["floor", "filter", "stream", "digest", "hist", "serve", "serve-fp", "bcc", "serverlog",
               "socket-floor", "socket-filter", "socket-stream", "socket-hist", "socket-serve"]
 SERVE_PORT = 19479
+# A KVM guest's idle vCPU halts at once (haltpoll's guest_halt_poll_ns is 0
+# here), and waking it from another vCPU then costs tens of microseconds: a
+# client and its server thread on different CPUs run sysbench point select at
+# 12k/s instead of 71k/s. MariaDB's two connection threads move between those
+# placements mid-run (140k/s and 29k/s seconds apart in one run, the same
+# sysbench with no tracer), which no ratio survives. Polling before halting
+# takes that wake-up cost away; the polling runs in the idle task, so no
+# process's CPU time includes it. Set for the run, restored after.
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+HALT_POLL_NS = 200_000
 FP = {"mariadb-point": "select c from sbtest? where id=?",
       "pg-simple": "select abalance from pgbench_accounts where aid = ?",
       "pg-extended": "select abalance from pgbench_accounts where aid = $1"}
@@ -312,6 +322,17 @@ class Bench:
         return statistics.mean(rates[-int(self.args.seconds):])
 
     def run(self):
+        self.halt_poll = None
+        if self.args.halt_poll_ns is not None and HALT_POLL.exists():
+            self.halt_poll = (HALT_POLL.read_text().strip(), str(self.args.halt_poll_ns))
+            HALT_POLL.write_text(self.halt_poll[1])
+        try:
+            return self._run()
+        finally:
+            if self.halt_poll:
+                HALT_POLL.write_text(self.halt_poll[0])
+
+    def _run(self):
         with PgServer(settings={"max_connections": "300"}) as self.pg, MariaServer() as self.my:
             self.pg.pgbench("-i", "-s", "10", "-q")
             self.my.sysbench("oltp_point_select", "--tables=1", "--table-size=100000", "prepare")
@@ -380,7 +401,9 @@ class Bench:
         lines = [f"# dbslower benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
                  f"{self.args.seconds} s per run, {self.args.rounds} rounds, each condition right after its own "
                  "baseline run; ratio = throughput with the condition / that baseline (median over rounds). "
-                 "vs floor = ratio / the floor's ratio (same probes, empty handlers). 2 clients, 2 cores.", "",
+                 "vs floor = ratio / the floor's ratio (same probes, empty handlers). 2 clients, 2 cores. "
+                 + (f"Guest halt polling {self.halt_poll[1]} ns for the run (was {self.halt_poll[0]}; "
+                    "bench/run.py, HALT_POLL)." if self.halt_poll else "Guest halt polling unchanged."), "",
                  "Server CPU per statement: the server processes' utime+stime (/proc, backends included) over "
                  "the run divided by the statements executed; added = with the condition minus its baseline run, "
                  "in microseconds (median over rounds).", "",
@@ -432,6 +455,10 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workloads", nargs="+", default=["pg-simple", "pg-extended", "mariadb-point"])
     p.add_argument("--conditions", nargs="+", default=CONDITIONS)
+    p.add_argument("--halt-poll-ns", type=int, default=HALT_POLL_NS,
+                   help="KVM guests: haltpoll's guest_halt_poll_ns during the run (see HALT_POLL)")
+    p.add_argument("--no-halt-poll", dest="halt_poll_ns", action="store_const", const=None,
+                   help="leave guest halt polling as it is")
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("make bench must run as root")
