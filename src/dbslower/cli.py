@@ -307,7 +307,7 @@ def parse_args(argv):
         raise UsageError("--top cannot be negative")
     _check_text_bytes(args)
     from dbslower.plan import check_method
-    check_method(args.engine, args.mode, args.exe, args.method)
+    check_method(args.mode, args.exe, args.method)
     if args.json and args.top is None:
         args.top = 0
     return args

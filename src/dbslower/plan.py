@@ -336,7 +336,7 @@ def _semaphores(elf, names):
     return out
 
 
-def check_method(engine, mode, binary, method, digest_key="fingerprint"):
+def check_method(mode, binary, method, digest_key="fingerprint"):
     """Raises UsageError when the method cannot serve this engine and mode."""
     if method not in METHODS:
         raise UsageError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -354,7 +354,7 @@ def check_method(engine, mode, binary, method, digest_key="fingerprint"):
 
 def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
               text_bytes=1024, mode="stream", no_usdt=None, method="auto", digest_key="fingerprint"):
-    check_method(engine, mode, binary, method, digest_key)
+    check_method(mode, binary, method, digest_key)
     if digest_key not in ("fingerprint", "operation"):
         raise UsageError(f"unknown digest key {digest_key!r}")
     if text_bytes not in TEXT_BYTES_CHOICES:

@@ -60,7 +60,7 @@ class Settings:
         if self.log_rate < 0 or self.top_fingerprints < 1 or self.fingerprint_ttl <= 0:
             problems.append("log_rate must be >= 0, top_fingerprints >= 1 and fingerprint_ttl > 0")
         try:
-            check_method(None, "serve", None, self.method, self.digest_key)
+            check_method("serve", None, self.method, self.digest_key)
         except UsageError as e:
             problems.append(str(e))
         if any(not isinstance(p, int) or p <= 0 for p in self.pid):
