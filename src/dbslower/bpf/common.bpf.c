@@ -194,20 +194,33 @@ static __always_inline int take_kept_text(struct query_event *ev, const struct k
 	return 1;
 }
 
+/* FNV-1a, 64 bit: the kernel fingerprint (fingerprint.h) and the keys of names */
+#define FNV_PRIME 1099511628211ULL
+#define FNV_OFFSET 14695981039346656037ULL
+
+/* A NUL-terminated name in kernel memory, at most max bytes: a prepared
+ * statement's (postgres_socket.bpf.c) or a database's (db_name_id). */
+static __always_inline u64 name_fnv(const char *name, int max)
+{
+	u64 h = FNV_OFFSET;
+	for (int i = 0; i < max; i++) {
+		if (!name[i])
+			break;
+		h = (h ^ (u8)name[i]) * FNV_PRIME;
+	}
+	return h;
+}
+
 /* MySQL/MariaDB (serve): a database's key in the digests (query_event.db_id),
- * from its name as read into ev->db. A 32-bit FNV-1a of the name; 0 for no
+ * from its name as read into ev->db: its FNV-1a folded to 32 bits; 0 for no
  * database. The first statement of each (operation, database) carries the
  * name to user space in its KIND_SAMPLE record (digest_update), which
  * labels the key with it. */
 static __always_inline u32 db_name_id(const char *db)
 {
-	u32 h = 2166136261U;
-	for (int i = 0; i < CTX_DB_BYTES; i++) {
-		if (!db[i])
-			break;
-		h = (h ^ (u8)db[i]) * 16777619U;
-	}
-	return db[0] ? (h ? h : 1) : 0;
+	u64 h = name_fnv(db, CTX_DB_BYTES);
+	u32 id = (u32)(h ^ (h >> 32));
+	return db[0] ? (id ? id : 1) : 0;
 }
 
 /* At a syscall's exit tracepoint (the socket methods): its first three
@@ -366,7 +379,6 @@ BPF_HASH(digest_hist, struct hist_key, u64, DIGEST_ENTRIES * 8);
 BPF_HASH(digest_overflow, struct digest_key, struct digest_stats, 1024);
 BPF_HASH(overflow_hist, struct hist_key, u64, 16384);
 #include "fingerprint.h"
-
 /* A finished statement waiting for its fingerprint. Hashing runs in
  * fp_chunk, tail-called FP_CHUNK bytes at a time from the end of the probe
  * handler that finished the statement. */

@@ -3,7 +3,7 @@
 #include "dbslower.h"
 
 /*
- * Kernel fingerprint: FNV-1a over the text with literals and layout
+ * Kernel fingerprint: FNV-1a (FNV_* in common.bpf.c) over the text with literals and layout
  * normalised (numbers and quoted strings become '?', case folded, runs of
  * blanks collapsed, comments dropped). It is deliberately finer than the
  * user-space fingerprint (dbslower/fingerprint.py), which merges kernel
@@ -16,9 +16,6 @@
 #define FP_NUMBER 3
 #define FP_BLOCK_COMMENT 4
 #define FP_LINE_COMMENT 5
-#define FNV_PRIME 1099511628211ULL
-#define FNV_OFFSET 14695981039346656037ULL
-
 #define FP_COMMENT_OPEN 6 /* saw '/' then '*': a hint if '!' follows */
 /* MySQL strings: a backslash escapes the next byte, quote included
  * (pt-fingerprint's QueryRewriter handles \' and \" before quoting). */

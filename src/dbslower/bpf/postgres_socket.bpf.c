@@ -53,8 +53,6 @@
 #define SOCK_REQS 32          /* requests received and not answered (a bit each of exec_mask) */
 #define SOCK_SCAN_BYTES 1024  /* an ErrorResponse is found within this many bytes before ReadyForQuery */
 #define STMT_NAME_BYTES 64    /* NAMEDATALEN */
-#define NAME_HASH_OFFSET 14695981039346656037ULL /* FNV-1a, 64 bit */
-#define NAME_HASH_PRIME 1099511628211ULL
 
 #define TEXT_NONE 0
 #define TEXT_IN_BATCH 1       /* a Query or Parse in the request: at batch + text_off */
@@ -129,13 +127,7 @@ static __always_inline u64 name_hash(const char *user_name)
 {
 	char name[STMT_NAME_BYTES] = {};
 	bpf_probe_read_user_str(name, sizeof(name), user_name);
-	u64 h = NAME_HASH_OFFSET;
-	for (int i = 0; i < STMT_NAME_BYTES; i++) {
-		if (!name[i])
-			break;
-		h = (h ^ (u8)name[i]) * NAME_HASH_PRIME;
-	}
-	return h;
+	return name_fnv(name, STMT_NAME_BYTES);
 }
 
 /* A named Parse: keep its text for the Binds that use the name. */
