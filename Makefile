@@ -19,7 +19,7 @@ demo: setup
 man: setup
 	$(PY) scripts/manpage.py build/dbslower.1
 
-# build/dbslower_<version>_all.deb (Debian's python3-bpfcc; see scripts/build_deb.sh)
+# build/dbslower_<version>_<arch>.deb (Debian's python3-bpfcc; see scripts/build_deb.sh)
 deb: setup
 	bash scripts/build_deb.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make deb: build/dbslower_<version>_all.deb with dpkg-deb, from this checkout.
+# make deb: build/dbslower_<version>_<arch>.deb with dpkg-deb, from this checkout.
 # The package uses Debian's Python and bcc (python3-bpfcc); its files:
 #   /usr/bin/dbslower, /usr/lib/python3/dist-packages/dbslower/, the man page,
 #   bash completion, the systemd unit, /etc/dbslower/dbslower.toml (a conffile)
@@ -8,7 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 VERSION=$(PYTHONPATH=src /usr/bin/python3 -c 'import dbslower; print(dbslower.__version__)')
-PKG=build/deb/dbslower_${VERSION}_all
+# Not "all": the package carries the JSON writer's compiled helper
+# (src/dbslower/_jsonlines.c), built by `make setup` for this machine's
+# architecture and Debian's Python, whose minor version it is tied to.
+ARCH=$(dpkg --print-architecture)
+PYVER=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYNEXT=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % (sys.version_info[0], sys.version_info[1] + 1))')
+PKG=build/deb/dbslower_${VERSION}_${ARCH}
 rm -rf "$PKG"
 install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PKG/usr/lib/python3/dist-packages" \
   "$PKG/usr/share/man/man1" "$PKG/usr/share/bash-completion/completions" "$PKG/lib/systemd/system" \
@@ -17,6 +23,9 @@ install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PKG/usr/lib/python3/dist-packages" \
 # The Python package, without caches (postinst byte-compiles it, prerm removes that).
 cp -r src/dbslower "$PKG/usr/lib/python3/dist-packages/"
 find "$PKG/usr/lib/python3/dist-packages" -name __pycache__ -prune -exec rm -rf {} +
+rm -f "$PKG/usr/lib/python3/dist-packages/dbslower/_jsonlines.c"
+ls "$PKG"/usr/lib/python3/dist-packages/dbslower/_jsonlines.cpython-*.so >/dev/null ||
+  { echo "deb: src/dbslower/_jsonlines*.so is missing (make setup builds it)" >&2; exit 1; }
 cat > "$PKG/usr/bin/dbslower" <<'PY'
 #!/usr/bin/python3
 # PYTHON_ARGCOMPLETE_OK
@@ -46,10 +55,10 @@ SIZE=$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)
 cat > "$PKG/DEBIAN/control" <<TXT
 Package: dbslower
 Version: $VERSION
-Architecture: all
+Architecture: $ARCH
 Maintainer: dbslower developers <dbslower@localhost>
 Installed-Size: $SIZE
-Depends: python3 (>= 3.11), python3-bpfcc, python3-prometheus-client, adduser
+Depends: python3 (>= $PYVER), python3 (<< $PYNEXT), python3-bpfcc, python3-prometheus-client, adduser
 Recommends: linux-headers-amd64 | linux-headers-generic, python3-argcomplete, bash-completion
 Section: database
 Priority: optional
@@ -87,5 +96,5 @@ fi
 if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 SH
 chmod 755 "$PKG/DEBIAN/postinst" "$PKG/DEBIAN/prerm" "$PKG/DEBIAN/postrm"
-dpkg-deb --root-owner-group --build "$PKG" "build/dbslower_${VERSION}_all.deb" >/dev/null
-echo "build/dbslower_${VERSION}_all.deb"
+dpkg-deb --root-owner-group --build "$PKG" "build/dbslower_${VERSION}_${ARCH}.deb" >/dev/null
+echo "build/dbslower_${VERSION}_${ARCH}.deb"

@@ -19,7 +19,7 @@ fi
 PKGS="bpfcc-tools python3-bpfcc python3-venv linux-headers-amd64
 postgresql-15 postgresql-client-15 postgresql-contrib
 mariadb-server mariadb-client sysbench percona-toolkit
-systemtap-sdt-dev gcc g++ make procps
+systemtap-sdt-dev gcc g++ make procps python3-dev
 python3-prometheus-client python3-argparse-manpage python3-argcomplete
 prometheus tmux systemd man-db util-linux dpkg-dev bpftool nodejs"
 
@@ -71,10 +71,15 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# The editable install also compiles the JSON writer's helper
+# (src/dbslower/_jsonlines.c, setup.py) next to its source.
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ setup.py -nt "$STAMP" ] ||
+   [ src/dbslower/_jsonlines.c -nt "$STAMP" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
   touch "$STAMP"
 fi
+"$VENV/bin/python" -c 'import dbslower._jsonlines' ||
+  { echo "setup: the compiled helper dbslower._jsonlines did not build (gcc, python3-dev)" >&2; exit 1; }
 "$VENV/bin/python" -c 'import bcc' || { echo "setup: bcc is not importable from $VENV" >&2; exit 1; }
 # Node.js drivers the tests use (tests/node/package.json). Debian's nodejs
 # comes without npm (NodeSource's includes it).

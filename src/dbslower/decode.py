@@ -36,6 +36,38 @@ _STRINGS = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS[-3:]))
 _USER_AT = _NUMBERS.size + struct.calcsize(HEADER_FIELDS[-3][1])
 _HOST_AT = _USER_AT + struct.calcsize(HEADER_FIELDS[-2][1])
 
+
+def _field_offsets():
+    at, offsets = 0, {}
+    for name, fmt in HEADER_FIELDS:
+        offsets[name] = (at, struct.calcsize(fmt))
+        at += struct.calcsize(fmt)
+    return offsets
+
+
+FIELD_AT = _field_offsets()  # name -> (offset, size) in a record
+# What an event's JSON tail (engine, pid, context, server...) depends on, of
+# a record: the same bytes give the same tail within a batch (output.py's
+# FastLines). MySQL's context strings are in the record; PostgreSQL's come
+# from the backend (its title, the kernel's OIDs and pointers, all here).
+_TAIL_KEY = ("conn_id", "app_ptr", "pid", "tid", "db_id", "server_id", "command")
+
+
+def tail_key_slices(engine):
+    """(offset, length) of the record's bytes in the key, neighbours merged."""
+    names = _TAIL_KEY + (("db", "user", "host") if engine == "mysql" else ())
+    slices = []
+    for at, n in sorted(FIELD_AT[name] for name in names):
+        if slices and slices[-1][0] + slices[-1][1] == at:
+            slices[-1] = (slices[-1][0], slices[-1][1] + n)
+        else:
+            slices.append((at, n))
+    return tuple(slices)
+
+
+def record_key(buf, off, slices):
+    return b"".join(buf[off + at:off + at + n] for at, n in slices)
+
 TEXT_MISSING = "[text unavailable: prepared before tracing]"
 TEXT_UNREAD = "[text not read by the socket method]"
 # Per-backend caches (titles, servers, JSON tails) hold the connections alive
@@ -71,14 +103,26 @@ class RingReader:
         self.prod_pos = memoryview(self.data)[:8].cast("Q")
         self.words = memoryview(self.data).cast("I")  # record headers, without struct's per-call cost
 
-    def read(self, handle):
-        """Calls handle(buffer, offset, length) for each record; returns the count."""
+    def read(self, handle, fast=None):
+        """Calls handle(buffer, offset, length) for each record; returns the count.
+
+        fast(buffer, cons, prod, mask), when given, takes the records it can
+        from position cons on and returns (new position, records taken); the
+        record it stopped at goes to handle."""
         data, cons_pos, words = self.data, self.cons_pos, self.words
         cons = cons_pos[0]
         prod = self.prod_pos[0]
         n = 0
         mask = self.mask
         while cons < prod:
+            if fast is not None:
+                cons, taken = fast(data, cons, prod, mask)
+                cons_pos[0] = cons
+                if taken:
+                    n += taken
+                    continue  # up to its batch limit: it may take more
+                if cons >= prod:
+                    break
             off = PAGE + (cons & mask)
             hdr = words[off >> 2]  # records are 8-byte aligned
             if hdr & _BUSY:

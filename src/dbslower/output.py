@@ -9,8 +9,13 @@ import json
 import os
 import time
 
-from dbslower.abi import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED
-from dbslower.decode import PER_PROCESS_CACHE, TEXT_MISSING
+from dbslower.abi import EV_FAILED, EV_NO_TEXT, EV_TRUNCATED, KIND_QUERY
+from dbslower.decode import FIELD_AT, PAGE, PER_PROCESS_CACHE, TEXT_MISSING, TEXT_OFFSET, tail_key_slices
+
+try:
+    from dbslower import _jsonlines  # compiled by the install (setup.py)
+except ImportError:  # running from a source tree that was not built
+    _jsonlines = None
 
 # Control characters (C0, DEL, C1) would break the one-line-per-query table
 # or drive the terminal (ESC sequences): show them escaped instead.
@@ -102,6 +107,13 @@ class JsonWriter:
             self._tail[key] = tail
         return tail
 
+    def fast_lines(self, engine, mono_to_wall_ns):
+        """The compiled writer for one source's records (FastLines), or None
+        without the helper or with an output that takes only text."""
+        if _jsonlines is None or not hasattr(self.out, "write_encoded"):
+            return None
+        return FastLines(self, engine, mono_to_wall_ns)
+
     def on_event(self, ev):
         flags = ev.flags
         ts = self.ts
@@ -119,6 +131,38 @@ class JsonWriter:
         self.out.write(
             f'{{"ts":"{ts.prefix}.{rem // 1000:06d}Z","duration_ms":{ms}.{frac:06d},'
             f'"query":{self._str(ev.query)},{status}{self._tail_for(ev)}')
+
+
+class FastLines:
+    """Streams a source's plain records to JSON lines in C (_jsonlines.c)
+    without an Event each: per event about 0.3 us instead of 2.5 us of
+    CPython. Python decodes the other records, and the first record of each
+    tail key in a batch, whose tail it then lends to the helper (learn).
+    Tails are forgotten at each batch and at each note about a process,
+    as the context they encode may change between batches."""
+
+    _LAYOUT = {name: FIELD_AT[name][0] for name in ("start_ns", "duration_ns", "fp", "text_len", "flags", "kind")}
+
+    def __init__(self, writer, engine, mono_to_wall_ns):
+        self.writer = writer
+        self.out = writer.out
+        self.key_slices = tail_key_slices(engine)
+        self.tails = {}
+        layout = dict(self._LAYOUT, text=TEXT_OFFSET, kind_query=KIND_QUERY)
+        self.formatter = _jsonlines.Formatter(layout, self.key_slices, self.tails, _PLAIN_STATUS.encode(),
+                                              engine == "mysql", mono_to_wall_ns)
+
+    def forget(self):
+        self.tails.clear()
+
+    def learn(self, key, ev):
+        self.tails[key] = self.writer._tail_for(ev).encode("utf-8", "replace")
+
+    def __call__(self, data, cons, prod, mask):
+        cons, taken, lines = self.formatter.lines(data, cons, prod, mask, PAGE, self.out.room())
+        if taken:
+            self.out.write_encoded(lines)
+        return cons, taken
 
 
 class TableWriter:
@@ -195,6 +239,18 @@ class Output:
         # here, so the limit may be passed by what multi-byte text adds.
         self.texts.append(text)
         self.size += len(text)
+
+    def room(self):
+        """Bytes that can still be buffered before events are dropped."""
+        return self.LIMIT_BYTES - self.size
+
+    def write_encoded(self, data):
+        """Lines already encoded (FastLines), after what was written before."""
+        if self.texts:
+            self.chunks.append("".join(self.texts).encode("utf-8", "replace"))
+            self.texts = []
+        self.chunks.append(data)
+        self.size += len(data)
 
     def flush(self):
         """Writes what the reader takes now; True when nothing is left."""

@@ -21,7 +21,7 @@ from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_r
 from dbslower.abi import (CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT, CTR_TEXT_UNREAD,
                           CTR_UNFOLLOWED, CTR_UNFOLLOWED_CONN, KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, add_buckets, add_stats)
 from dbslower.decode import (PAGE, PER_PROCESS_CACHE, TEXT_MISSING, TEXT_UNREAD, Decoder, RingReader, parse_pg_title,
-                             wait_readable)
+                             record_key, wait_readable)
 from dbslower.discover import (container_id, namespace_pid, pg_database_names, process_cwd, read_memory,
                                symbol_address)
 from dbslower.fingerprint import redact
@@ -92,6 +92,7 @@ class Source:
         self._pid_containers = {}
         self.merge_servers = False  # --digest/top: one row per fingerprint for all servers
         self.redact = False         # --redact: literals replaced by ? before any sink sees the text
+        self._fast = (None, None)   # (the sink's factory, its FastLines for this source)
         self._db_reread = {}      # server id -> when its pg_database may be read again
         self._seeded = set()      # pids in the kernel's procs map
         self._examined = set()    # backends whose database OID was read
@@ -213,8 +214,20 @@ class Source:
     def fds(self):
         return [r.fd for r in self.readers]
 
-    def drain(self, on_event):
+    def drain(self, on_event, fast_lines=None):
+        """Decodes the records that arrived and hands each statement to
+        on_event. fast_lines (a sink's factory, output.JsonWriter.fast_lines)
+        may take the plain records without decoding them: then each record
+        handled here lends it its JSON tail."""
         decode, book = self.decoder.decode, self.book
+        fast = None
+        if fast_lines is not None and not self.redact:
+            if self._fast[0] != fast_lines:
+                self._fast = (fast_lines, fast_lines(self.engine, self.decoder.mono_to_wall_ns))
+            fast = self._fast[1]
+        if fast is not None:
+            fast.forget()  # what a tail encodes may have changed since the last batch
+            learn, slices = fast.learn, fast.key_slices
 
         db_names = self.db_names
         server_name = self.server_name
@@ -251,9 +264,13 @@ class Source:
                     ev.context = with_database(ev, name)
             if ev.kind == KIND_EXIT:
                 forget(ev.pid)
+                if fast is not None:
+                    fast.forget()
                 return
             if ev.kind == KIND_APP:
                 note_app(ev)
+                if fast is not None:
+                    fast.forget()
                 return
             if ev.kind == KIND_SAMPLE:
                 book.add_sample(ev)
@@ -262,7 +279,9 @@ class Source:
                 if ev.fp:
                     book.add_context(ev)
                 on_event(ev)
-        return sum(r.read(handle) for r in self.readers)
+                if fast is not None:
+                    learn(record_key(buf, off, slices), ev)
+        return sum(r.read(handle, fast) for r in self.readers)
 
     def lost_by_reason(self):
         c = self.tracer.counters()
@@ -454,7 +473,10 @@ class Pipeline:
             def handle(ev):
                 for fn in on_event:
                     fn(ev)
-        got = sum(src.drain(handle) for src in self.sources)
+        # One writer may take plain records straight from the ring buffer.
+        writers = [s for s in self.sinks if hasattr(s, "on_event")]
+        fast_lines = getattr(writers[0], "fast_lines", None) if len(writers) == 1 else None
+        got = sum(src.drain(handle, fast_lines) for src in self.sources)
         if got:
             _call(self.sinks, "flush")
         return got

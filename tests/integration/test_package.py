@@ -52,7 +52,8 @@ def test_deb_installs_runs_and_removes_cleanly(pg):
     r = sh("make", "-C", ROOT, "deb")
     assert r.returncode == 0, r.stdout + r.stderr
     from dbslower import __version__
-    deb = ROOT / "build" / f"dbslower_{__version__}_all.deb"
+    arch = sh("dpkg", "--print-architecture").stdout.strip()
+    deb = ROOT / "build" / f"dbslower_{__version__}_{arch}.deb"
     assert deb.exists()
     files = [line.split()[-1].lstrip(".") for line in sh("dpkg-deb", "-c", deb).stdout.splitlines()]
     r = sh("apt-get", "install", "-y", "--no-install-recommends", deb,
@@ -73,6 +74,9 @@ def test_deb_installs_runs_and_removes_cleanly(pg):
         r = sh("systemd-analyze", "verify", "/lib/systemd/system/dbslower.service")
         assert r.returncode == 0 and "dbslower" not in r.stderr, r.stderr
         assert Path("/etc/dbslower/dbslower.toml").exists()
+        # The JSON writer's compiled helper, importable by Debian's Python.
+        r = sh("/usr/bin/python3", "-c", "import dbslower._jsonlines as j; print(j.__file__)", env=env, cwd="/")
+        assert r.returncode == 0 and r.stdout.startswith("/usr/lib/python3/dist-packages/dbslower/"), r
         # A short real trace from the installed command.
         proc = subprocess.Popen(["dbslower", "postgres", "-p", str(pg.pid), "-m", "0", "-j", "-d", "8"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
