@@ -21,12 +21,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <linux/bpf.h> /* BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ */
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 
-#define RB_BUSY (1u << 31)
-#define RB_DISCARD (1u << 30)
 #define MAX_KEY_SLICES 8
 #define MAX_KEY_BYTES 512
 /* Records per call: the caller hands space back to the producers between
@@ -369,17 +368,17 @@ static PyObject *Formatter_lines(Formatter *self, PyObject *args)
 	self->out_len = 0;
 	while (cons < prod && n < MAX_RECORDS && (Py_ssize_t)self->out_len < room) {
 		Py_ssize_t off = page + (Py_ssize_t)(cons & mask);
-		if (off + 8 > view.len)
+		if (off + BPF_RINGBUF_HDR_SZ > view.len)
 			break;
 		/* The producer's length store is a release: this acquire orders the record's bytes after it. */
 		uint32_t hdr = __atomic_load_n((const uint32_t *)(base + off), __ATOMIC_ACQUIRE);
-		if (hdr & RB_BUSY)
+		if (hdr & BPF_RINGBUF_BUSY_BIT)
 			break;
-		Py_ssize_t len = (Py_ssize_t)(hdr & ~(RB_BUSY | RB_DISCARD));
-		if (off + 8 + len > view.len)
+		Py_ssize_t len = (Py_ssize_t)(hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT));
+		if (off + BPF_RINGBUF_HDR_SZ + len > view.len)
 			break;
-		if (!(hdr & RB_DISCARD)) {
-			int r = format_record(self, base + off + 8, len);
+		if (!(hdr & BPF_RINGBUF_DISCARD_BIT)) {
+			int r = format_record(self, base + off + BPF_RINGBUF_HDR_SZ, len);
 			if (r < 0) {
 				PyBuffer_Release(&view);
 				return NULL;
@@ -388,7 +387,7 @@ static PyObject *Formatter_lines(Formatter *self, PyObject *args)
 				break;
 			n++;
 		}
-		cons += ((unsigned long long)len + 8 + 7) & ~7ULL;
+		cons += ((unsigned long long)len + BPF_RINGBUF_HDR_SZ + 7) & ~7ULL;
 	}
 	PyBuffer_Release(&view);
 	PyObject *lines = PyBytes_FromStringAndSize(self->out, (Py_ssize_t)self->out_len);

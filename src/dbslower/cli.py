@@ -446,6 +446,9 @@ def run(args, out):
             else:
                 from dbslower.output import JsonWriter, TableWriter
                 sinks = [JsonWriter(out) if args.json else TableWriter(out, context=args.context)]
+            if args.verbose and args.json and streaming:
+                from dbslower.output import json_lines_writer
+                _stderr(json_lines_writer())
             watch = TargetWatch(args.pids) if args.pids else None
             pipeline = Pipeline(sources, sinks + ([watch] if watch else []), interval_s=args.interval,
                                 count=args.count, duration_s=args.duration,

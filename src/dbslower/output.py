@@ -133,6 +133,13 @@ class JsonWriter:
             f'"query":{self._str(ev.query)},{status}{self._tail_for(ev)}')
 
 
+def json_lines_writer():
+    """For -v: what writes the JSON lines of plain statements."""
+    if _jsonlines is None:
+        return "JSON lines: in Python (about 4x the CPU per event): dbslower._jsonlines is not built (make setup)"
+    return "JSON lines: the compiled helper dbslower._jsonlines, Python for the records it leaves"
+
+
 class FastLines:
     """Streams a source's plain records to JSON lines in C (_jsonlines.c)
     without an Event each: per event about 0.3 us instead of 2.5 us of
