@@ -185,12 +185,7 @@ def test_ring_reader_hands_the_fast_path_each_batch():
     r = RingReader(fd, RING_BYTES)
     try:
         records = [record(b"SELECT %d" % i, flags=EV_FAILED if i % 700 == 5 else 0) for i in range(1500)]
-        data = bytearray(PAGE + RING_BYTES)
-        pos = 0
-        for rec in records:
-            struct.pack_into("<II", data, PAGE + pos, len(rec), 0)
-            data[PAGE + pos + 8:PAGE + pos + 8 + len(rec)] = rec
-            pos += (len(rec) + 8 + 7) & ~7
+        data, pos = ring(records)
         os.pwrite(fd, struct.pack("<Q", pos), PAGE)
         os.pwrite(fd, bytes(data[PAGE:]), 2 * PAGE)
         decoder = Decoder("postgres", context=False)
