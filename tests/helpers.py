@@ -142,12 +142,10 @@ def pg_logged_and_seen(pg, workload, extra=()):
     log = pg.log_statements(True)
     start = log.stat().st_size
     try:
-        with Run(["postgres", "-m", "0", "-j", "-v", "-p", pg.pid, *extra]) as run:
+        with Run(["postgres", "-m", "0", "-j", "-p", pg.pid, *extra]) as run:
             workload()
     finally:
         pg.log_statements(False)
-    # The lines compared are the compiled helper's (output.FastLines), Python's for the rest.
-    assert "JSON lines: the compiled helper" in run.stderr, run.stderr[-2000:]
     with open(log, encoding="utf-8", errors="replace") as f:
         f.seek(start)
         logged = parse_pg_log(f.read())

@@ -197,6 +197,22 @@ def test_json_lines_are_valid_under_load(pg):
     assert "lost" not in run.stderr
 
 
+def test_json_lines_from_the_compiled_helper_count_and_context(pg):
+    """The helper (_jsonlines.c) writes most lines of a busy stream: one per
+    transaction pgbench counted, each with its backend's context."""
+    import re
+    with Run(["postgres", "-p", pg.pid, "-m", "0", "-j", "-v"]) as run:
+        out = pg.pgbench("-n", "-S", "-c", "2", "-t", "3000")
+    assert "JSON lines: the compiled helper" in run.stderr
+    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    selects = [e for e in run.events() if e["query"].startswith("SELECT abalance FROM pgbench_accounts WHERE aid = ")]
+    assert done == 6000 and len(selects) == done
+    assert len({e["pid"] for e in selects}) == 2
+    assert {(e["user"], e["db"], e["application_name"], e["status"]) for e in selects} == {
+        ("postgres", "postgres", "pgbench", "ok")}
+    assert all(e["duration_ms"] > 0 for e in selects)
+
+
 def test_application_name_follows_set_and_pid_reuse_gets_fresh_context(pg):
     """pgjdbc sets application_name right after connecting: each statement
     shows the name in force when it ran, not one cached for seconds."""
