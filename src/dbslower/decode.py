@@ -29,12 +29,6 @@ HEADER_FIELDS = (
 )
 HEADER = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS))
 TEXT_OFFSET = HEADER.size
-# The numbers, without the connection strings after them: only MySQL's USDT
-# probes fill those, so they are unpacked only when their first byte is set.
-_NUMBERS = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS[:-3]))
-_STRINGS = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS[-3:]))
-_USER_AT = _NUMBERS.size + struct.calcsize(HEADER_FIELDS[-3][1])
-_HOST_AT = _USER_AT + struct.calcsize(HEADER_FIELDS[-2][1])
 
 
 def _field_offsets():
@@ -46,6 +40,13 @@ def _field_offsets():
 
 
 FIELD_AT = _field_offsets()  # name -> (offset, size) in a record
+# The numbers, without the connection strings after them: only MySQL's USDT
+# probes fill those, so they are unpacked only when their first byte is set.
+_NUMBERS = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS[:-3]))
+_STRINGS = struct.Struct("<" + "".join(f for _, f in HEADER_FIELDS[-3:]))
+_USER_AT = FIELD_AT["user"][0]
+_HOST_AT = FIELD_AT["host"][0]
+
 # What an event's JSON tail (engine, pid, context, server...) depends on, of
 # a record: the same bytes give the same tail within a batch (output.py's
 # FastLines). MySQL's context strings are in the record; PostgreSQL's come

@@ -253,17 +253,18 @@ class Output:
 
     def write_encoded(self, data):
         """Lines already encoded (FastLines), after what was written before."""
-        if self.texts:
-            self.chunks.append("".join(self.texts).encode("utf-8", "replace"))
-            self.texts = []
+        self._encode_texts()
         self.chunks.append(data)
         self.size += len(data)
 
-    def flush(self):
-        """Writes what the reader takes now; True when nothing is left."""
+    def _encode_texts(self):
         if self.texts:
             self.chunks.append("".join(self.texts).encode("utf-8", "replace"))
             self.texts = []
+
+    def flush(self):
+        """Writes what the reader takes now; True when nothing is left."""
+        self._encode_texts()
         if not self.chunks:
             return True
         data = b"".join(self.chunks)

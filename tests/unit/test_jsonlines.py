@@ -2,7 +2,9 @@
 Python writer it stands in for, on the same ring buffer records: every
 line byte for byte, and the records it must leave to Python."""
 
+import contextlib
 import json
+import os
 import struct
 
 import pytest
@@ -44,53 +46,67 @@ def ring(records):
     return bytes(buf), pos
 
 
-def python_lines(engine, buf, end):
-    """What the Python path writes: each record decoded, then JsonWriter."""
-    decoder = Decoder(engine, context=False)
+@contextlib.contextmanager
+def ring_reader(records):
+    """decode.RingReader over a memfd holding the records: the consumer
+    page, the producer page (its position), then the data."""
+    data, end = ring(records)
+    fd = os.memfd_create("ring")
+    try:
+        os.ftruncate(fd, 2 * PAGE + 2 * RING_BYTES)
+        os.pwrite(fd, struct.pack("<Q", end), PAGE)
+        os.pwrite(fd, data[PAGE:], 2 * PAGE)
+        reader = RingReader(fd, RING_BYTES)
+        try:
+            yield reader
+        finally:
+            reader.close()
+    finally:
+        os.close(fd)
+
+
+def write_lines(engine, reader, decoder, fast):
+    """The records read as Source.drain reads them: Python decodes each
+    record the helper leaves (every record without it) and lends the helper
+    its tail. Returns (the lines, records the helper took, queries Python took)."""
+    reader.cons_pos[0] = 0
     out = BytesOut()
     writer = JsonWriter(out)
-    events = []
-    cons = 0
-    while cons < end:
-        length = struct.unpack_from("<I", buf, PAGE + cons)[0]
-        ev = decoder.decode(buf, PAGE + cons + 8, length)
+    helper = writer.fast_lines(engine, decoder.mono_to_wall_ns) if fast else None
+    slow = []
+
+    def handle(buf, off, length):
+        ev = decoder.decode(buf, off, length)
         ev.server = "srv"
+        slow.append(ev.query)
         if ev.kind == KIND_QUERY:
             writer.on_event(ev)
-        events.append((PAGE + cons + 8, ev))
-        cons += (length + 8 + 7) & ~7
-    return out.value(), decoder, events
+            if helper is not None:
+                helper.learn(record_key(buf, off, helper.key_slices), ev)
 
-
-def fast_lines(engine, buf, end, decoder, events):
-    """The helper's path, as Source.drain runs it: Python takes each record
-    the helper leaves, and lends it that record's tail."""
-    out = BytesOut()
-    writer = JsonWriter(out)
-    fast = writer.fast_lines(engine, decoder.mono_to_wall_ns)
-    by_offset = dict(events)
-    taken = 0
-    cons = 0
-    while cons < end:
-        cons, n = fast(buf, cons, end, RING_BYTES - 1)
-        taken += n
-        if n or cons >= end:
-            continue
-        off = PAGE + cons + 8
-        ev = by_offset[off]
-        if ev.kind == KIND_QUERY:
-            writer.on_event(ev)
-            fast.learn(record_key(buf, off, fast.key_slices), ev)
-        length = struct.unpack_from("<I", buf, PAGE + cons)[0]
-        cons += (length + 8 + 7) & ~7
-    return out.value(), taken
+    n = reader.read(handle, helper)
+    return out.value(), n - len(slow), slow
 
 
 def both(engine, records):
-    buf, end = ring(records)
-    expected, decoder, events = python_lines(engine, buf, end)
-    got, taken = fast_lines(engine, buf, end, decoder, events)
+    """(Python's lines, the helper's lines, records the helper took)."""
+    decoder = Decoder(engine, context=False)
+    with ring_reader(records) as reader:
+        expected, _, _ = write_lines(engine, reader, decoder, fast=False)
+        got, taken, _ = write_lines(engine, reader, decoder, fast=True)
     return expected, got, taken
+
+
+def helper_after_first(engine, buf):
+    """A helper that was lent the first record's tail, and Python's lines."""
+    decoder = Decoder(engine, context=False)
+    out = BytesOut()
+    writer = JsonWriter(out)
+    helper = writer.fast_lines(engine, decoder.mono_to_wall_ns)
+    first = decoder.decode(buf, PAGE + 8, struct.unpack_from("<I", buf, PAGE)[0])
+    first.server = "srv"
+    helper.learn(record_key(buf, PAGE + 8, helper.key_slices), first)
+    return helper, out
 
 
 def test_plain_statements_byte_for_byte():
@@ -149,12 +165,10 @@ def test_mysql_strips_like_the_decoder_and_keys_on_its_context():
 
 
 def test_stops_at_room_and_keeps_order():
-    buf, end = ring([record(b"SELECT %d" % i) for i in range(50)])
-    expected, decoder, events = python_lines("postgres", buf, end)
-    out = BytesOut()
-    fast = JsonWriter(out).fast_lines("postgres", decoder.mono_to_wall_ns)
-    off0 = events[0][0]
-    fast.learn(record_key(buf, off0, fast.key_slices), events[0][1])
+    records = [record(b"SELECT %d" % i) for i in range(50)]
+    expected, _, _ = both("postgres", records)
+    buf, end = ring(records)
+    fast, out = helper_after_first("postgres", buf)
     out.LIMIT_BYTES = 1000  # room for a few lines
     cons, n = fast(buf, 0, end, RING_BYTES - 1)
     assert 0 < n < 50 and out.size >= 1000 - 400
@@ -165,13 +179,10 @@ def test_stops_at_room_and_keeps_order():
 def test_busy_record_ends_the_batch():
     records = [record(b"SELECT 1"), record(b"SELECT 2"), record(b"SELECT 3")]
     buf, end = ring(records)
-    expected, decoder, events = python_lines("postgres", buf, end)
     second = PAGE + ((len(records[0]) + 8 + 7) & ~7)
     buf = bytearray(buf)
     struct.pack_into("<I", buf, second, len(records[1]) | (1 << 31))  # still being written
-    out = BytesOut()
-    fast = JsonWriter(out).fast_lines("postgres", decoder.mono_to_wall_ns)
-    fast.learn(record_key(buf, events[0][0], fast.key_slices), events[0][1])
+    fast, _ = helper_after_first("postgres", buf)
     cons, n = fast(buf, 0, end, RING_BYTES - 1)
     assert (cons, n) == (second - PAGE, 1)
 
@@ -179,33 +190,11 @@ def test_busy_record_ends_the_batch():
 def test_ring_reader_hands_the_fast_path_each_batch():
     """RingReader.read with a fast path: every record once, in order, across
     the helper's stops (its batch limit and the records it leaves)."""
-    import os
-    fd = os.memfd_create("ring")
-    os.ftruncate(fd, 2 * PAGE + 2 * RING_BYTES)  # consumer page, producer page, data (mapped twice)
-    r = RingReader(fd, RING_BYTES)
-    try:
-        records = [record(b"SELECT %d" % i, flags=EV_FAILED if i % 700 == 5 else 0) for i in range(1500)]
-        data, pos = ring(records)
-        os.pwrite(fd, struct.pack("<Q", pos), PAGE)
-        os.pwrite(fd, bytes(data[PAGE:]), 2 * PAGE)
-        decoder = Decoder("postgres", context=False)
-        out = BytesOut()
-        writer = JsonWriter(out)
-        fast = writer.fast_lines("postgres", decoder.mono_to_wall_ns)
-        slow = []
-
-        def handle(buf, off, length):
-            ev = decoder.decode(buf, off, length)
-            ev.server = None
-            writer.on_event(ev)
-            fast.learn(record_key(buf, off, fast.key_slices), ev)
-            slow.append(ev.query)
-
-        assert r.read(handle, fast) == 1500
-        lines = [json.loads(line)["query"] for line in out.value().splitlines()]
+    records = [record(b"SELECT %d" % i, flags=EV_FAILED if i % 700 == 5 else 0) for i in range(1500)]
+    with ring_reader(records) as r:
+        got, taken, slow = write_lines("postgres", r, Decoder("postgres", context=False), fast=True)
+        lines = [json.loads(line)["query"] for line in got.splitlines()]
+        assert taken + len(slow) == 1500
         assert lines == ["SELECT %d" % i for i in range(1500)]
         assert slow == ["SELECT 0", "SELECT 5", "SELECT 705", "SELECT 1405"]
-        assert r.cons_pos[0] == pos
-    finally:
-        r.close()
-        os.close(fd)
+        assert r.cons_pos[0] == r.prod_pos[0]
