@@ -217,15 +217,35 @@ def _mysql_target(binary, elf, run_pid, hits):
                    "DC_TEXT_MODE": sig.text_mode, "DC_PACKET_ARG": sig.packet_arg,
                    "DC_LEN_ARG": sig.len_arg, "DC_COMDATA_ARG": sig.com_data_arg,
                    "PS_ENTRIES": 16384})
+
+    def code(name, n):
+        sym = syms.get(name)
+        return elf.read_at_vaddr(sym.value, n) if sym else b""
+
     probes = [Probe("uprobe", sig.symbol, "my_dispatch_entry")]
-    if quirks.MY_STMT_END in syms:
-        probes.append(Probe("uprobe", quirks.MY_STMT_END, "my_stmt_end"))
-    else:
-        notes.append("no Protocol::end_statement: a statement ends when it is reported")
+    cflags["THD_UTIME_OFFSET"] = -1
+    if quirks.MY_SLOW_LOG in syms:
+        slow_log = syms[quirks.MY_SLOW_LOG]
+        printer = next((s for name, s in syms.items() if name.startswith(quirks.MY_SLOW_LOG_PRINT_PREFIX)), None)
+        if printer:
+            cflags["THD_UTIME_OFFSET"] = quirks.thd_utime_offset(
+                elf.read_at_vaddr(slow_log.value, slow_log.size), slow_log.value, printer.value,
+                code(quirks.MY_START_TIME_ACCESSOR, 16))
+    # With the slow log's own times (read when the statement is reported),
+    # the end needs no probe of its own.
+    if cflags["THD_UTIME_OFFSET"] < 0:
+        if quirks.MY_STMT_END in syms:
+            probes.append(Probe("uprobe", quirks.MY_STMT_END, "my_stmt_end"))
+        else:
+            notes.append("no Protocol::end_statement: a statement ends when it is reported")
     if quirks.MY_SLOW_LOG in syms:
         probes.append(Probe("uprobe", quirks.MY_SLOW_LOG, "my_slow_log"))
         cflags["FINISH_AT_SLOW_LOG"] = 1
-        ends = "Protocol::end_statement, log_slow_statement"
+        if cflags["THD_UTIME_OFFSET"] >= 0:
+            ends = "log_slow_statement"
+            notes.append("statement times are the slow log's own (THD::start_utime, utime_after_query)")
+        else:
+            ends = "Protocol::end_statement, log_slow_statement"
     else:
         probes.append(Probe("uretprobe", sig.symbol, "my_dispatch_return"))
         cflags["FINISH_AT_SLOW_LOG"] = 0
@@ -240,10 +260,6 @@ def _mysql_target(binary, elf, run_pid, hits):
                    Probe("uprobe", quirks.MY_PS_DESTROY, "my_ps_destroy")]
     else:
         notes.append("Prepared_statement methods not exported: prepared statements have no text")
-
-    def code(name, n):
-        sym = syms.get(name)
-        return elf.read_at_vaddr(sym.value, n) if sym else b""
 
     status = quirks.thd_status_offsets(code(quirks.MY_STATUS_ACCESSOR, 48))
     cflags["THD_DA_OFFSET"] = -1
@@ -272,8 +288,9 @@ def _mysql_target(binary, elf, run_pid, hits):
     hits.append(f"COM_QUERY {n} (dispatch_command, {ends}"
                 f"{'' if cflags['FINISH_AT_SLOW_LOG'] else ' as a return probe'}), "
                 f"COM_STMT_EXECUTE {n + 1} (with Prepared_statement::execute); "
-                f"+{n - 1} per further statement of a multi-statement query, "
-                "+1 per result set of a procedure (Protocol::end_statement)"
+                f"+{n - 1} per further statement of a multi-statement query"
+                + ("" if cflags["THD_UTIME_OFFSET"] >= 0 else
+                   ", +1 per result set of a procedure (Protocol::end_statement)")
                 + (", +1 per error (my_message_sql)" if cflags["ERROR_SINK"] else ""))
     return ("uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes,
             ["common.bpf.c", "mysql.bpf.c", "mysql_uprobe.bpf.c"])

@@ -162,6 +162,26 @@ MY_STMT_END = "_ZN8Protocol13end_statementEv"
 MY_SLOW_LOG = "_Z18log_slow_statementP3THD"
 MY_THREAD_ID_ACCESSOR = "thd_get_thread_id"                  # sql/sql_class.cc
 
+# The slow log's own times. MariaDB's log_slow_statement() passes
+# thd->utime_after_query, the end time THD::update_server_status() took, as
+# slow_log_print()'s last argument, and the slow log's Query_time is that
+# minus thd->start_utime (sql/log.cc LOGGER::slow_log_print; THD::set_time()
+# sets start_utime for each statement, also inside a multi-statement query).
+# Both are microseconds of CLOCK_MONOTONIC (mysys my_interval_timer), the
+# kernel's bpf_ktime_get_ns() clock. sql/sql_class.h declares them together,
+#   ulonglong  start_utime, utime_after_lock, utime_after_query;
+# in MySQL 5.x and MariaDB 5.5-11.x, so start_utime is 16 bytes before.
+# The offset comes from log_slow_statement's machine code (the load into the
+# fourth argument register before the call), and it is checked against
+# thd_start_utime(), which returns start_time * 1000000 + start_time_sec_part
+# from `my_time_t start_time; ulong start_time_sec_part; my_hrtime_t
+# user_time; ulonglong prior_thr_create_utime, thr_create_utime;` just before
+# start_utime (MariaDB 10.x-11.x sql/sql_class.h): 40 bytes before it.
+MY_SLOW_LOG_PRINT_PREFIX = "_Z14slow_log_printP3THD"         # sql/log.cc
+MY_START_TIME_ACCESSOR = "thd_start_utime"                    # sql/sql_class.cc
+THD_START_UTIME_AFTER_START_TIME = 40
+THD_START_UTIME_BEFORE_END = 16
+
 # Where the statement's status comes from. The right signal is its
 # diagnostics area's final state, the one Protocol::end_statement() sends as
 # OK or ERR: a `DROP TABLE IF EXISTS` of a missing table leaves a note, a
@@ -212,6 +232,47 @@ def thd_member_address_offset(code):
         if code[end:end + 1] == b"\xc3":
             return off
     return -1
+
+
+def utime_after_query_offset(code, code_vaddr, target_vaddr):
+    """THD::utime_after_query's offset from log_slow_statement's x86_64 code
+    (read from code_vaddr): the `mov disp32(%base),%rcx` right before the
+    `call` to target_vaddr (slow_log_print). -1 when there is none."""
+    if not code:
+        return -1
+    for i in range(7, len(code) - 4):
+        if code[i] != 0xE8:
+            continue
+        rel = int.from_bytes(code[i + 1:i + 5], "little", signed=True)
+        if code_vaddr + i + 5 + rel != target_vaddr:
+            continue
+        rex, op, modrm = code[i - 7], code[i - 6], code[i - 5]
+        # REX.W (base in r8-r15 or not), MOV r64 <- r/m64, mod 10 reg rcx
+        # with a base register that needs no SIB byte (not rsp/r12)
+        if rex in (0x48, 0x49) and op == 0x8B and modrm & 0xF8 == 0x88 and modrm != 0x8C:
+            return int.from_bytes(code[i - 4:i], "little", signed=True)
+        return -1
+    return -1
+
+
+def thd_start_time_offset(code):
+    """THD::start_time's offset from thd_start_utime's x86_64 code,
+    `imul $1000000, disp32(%rdi), %rax` (48 69 87 disp32 40 42 0f 00) first.
+    -1 when the code has another shape."""
+    if code and len(code) >= 11 and code[:3] == b"\x48\x69\x87" and code[7:11] == (1000000).to_bytes(4, "little"):
+        return int.from_bytes(code[3:7], "little", signed=True)
+    return -1
+
+
+def thd_utime_offset(slow_log_code, slow_log_vaddr, print_vaddr, start_time_code):
+    """THD::start_utime's offset (utime_after_query follows 16 bytes on), or
+    -1 unless log_slow_statement's code and thd_start_utime's agree."""
+    end = utime_after_query_offset(slow_log_code, slow_log_vaddr, print_vaddr)
+    start_time = thd_start_time_offset(start_time_code)
+    if end < 0 or start_time < 0:
+        return -1
+    start = end - THD_START_UTIME_BEFORE_END
+    return start if start == start_time + THD_START_UTIME_AFTER_START_TIME else -1
 
 
 def thd_status_offsets(code):

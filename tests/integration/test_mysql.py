@@ -134,6 +134,36 @@ def test_read_only_matches_slow_log(maria, ps_mode):
     assert collections.Counter(e["command"] for e in events)["COM_STMT_EXECUTE" if ps_mode == "auto" else "COM_QUERY"] >= 1600
 
 
+@pytest.mark.parametrize("ps_mode", ["disable", "auto"])
+def test_durations_are_the_slow_logs_own_to_the_microsecond(maria, ps_mode):
+    """Debian's MariaDB exposes where the THD keeps the times its slow log's
+    Query_time comes from: every statement's duration is that same figure,
+    with 2 probe hits per COM_QUERY (-v), none of them at the statement's end."""
+    verbose = run_cli(["mysql", "-p", maria.pid, "-v", "-d", "0.3"])
+    assert "COM_QUERY 2 (dispatch_command, log_slow_statement)" in verbose.stderr, verbose.stderr
+    assert "end_statement" not in verbose.stderr.split("probe hits per statement")[1].split("note:")[0]
+    log = maria.slow_log_on(maria.dir / f"slow-exact-{ps_mode}.log")
+    try:
+        with Run(["mysql", "-m", "0", "-j", "-p", maria.pid]) as run:
+            sysbench(maria, "oltp_read_only", f"--db-ps-mode={ps_mode}", "--events=50", "--threads=2")
+            # a multi-statement COM_QUERY: one slow log entry per statement
+            import subprocess
+            subprocess.run(maria.client_args() + ["--delimiter=//", "-e", "SELECT SLEEP(0.01); SELECT 2//"],
+                           check=True, capture_output=True, timeout=60)
+    finally:
+        maria.slow_log_off()
+    logged = [entry for entry in parse_mariadb_slow_log(log.read_text(errors="replace"))
+              if "slow_query_log" not in entry.query]
+    events = [e for e in run.events() if "slow_query_log" not in e["query"]]
+    pairs, problems = compare(logged, events, key="conn_id", normalize=strip_literals)
+    assert not problems, problems[:10]
+    assert len(pairs) >= 50 * 16 + 2
+    differ = [(entry.query, entry.duration_ms, ev["duration_ms"]) for entry, ev in pairs
+              if round(entry.duration_ms * 1000) != round(ev["duration_ms"] * 1000)]
+    assert not differ, (len(differ), len(pairs), differ[:10])
+    assert [ev["query"] for _, ev in pairs[-2:]] == ["SELECT SLEEP(0.01)", "SELECT 2"]
+
+
 def test_prepared_before_tracing_is_marked_and_counted(maria):
     """sysbench prepares its statements when it connects; dbslower attached
     after that cannot know their text: each event says so, and it is counted."""

@@ -48,3 +48,25 @@ def test_member_offsets_from_lea_accessors():
 def test_plansource_offset_per_version():
     from dbslower import quirks
     assert [quirks.pg_plansource_query_string(v) for v in (12, 15, 17, 18)] == [16, 16, 16, 24]
+
+
+# Debian MariaDB 10.11's mariadbd: thd_start_utime, and the end of
+# log_slow_statement's call to slow_log_print (at 0x82a54d, to 0xb7ff40).
+MARIADB_THD_START_UTIME = bytes.fromhex("486987e827000040420f00480387f027")
+MARIADB_SLOW_LOG_CALL = bytes.fromhex("488b8b20280000e8ee593500")
+
+
+def test_slow_log_times_from_machine_code():
+    code = b"\x90" * 16 + MARIADB_SLOW_LOG_CALL
+    base = 0x82a546 - 16
+    assert quirks.utime_after_query_offset(code, base, 0xb7ff40) == 0x2820
+    assert quirks.utime_after_query_offset(code, base, 0xb7ff44) == -1  # a call elsewhere
+    assert quirks.thd_start_time_offset(MARIADB_THD_START_UTIME) == 0x27e8
+    assert quirks.thd_start_time_offset(bytes.fromhex("488b87183f0000c3")) == -1
+    assert quirks.thd_utime_offset(code, base, 0xb7ff40, MARIADB_THD_START_UTIME) == 0x2810
+    # the two disagree about the layout: neither is used
+    shifted = MARIADB_THD_START_UTIME[:3] + (0x27e0).to_bytes(4, "little") + MARIADB_THD_START_UTIME[7:]
+    assert quirks.thd_utime_offset(code, base, 0xb7ff40, shifted) == -1
+    # the argument comes from somewhere else than a THD member load
+    other = b"\x90" * 16 + bytes.fromhex("4c89e1909090") + b"\x90" + MARIADB_SLOW_LOG_CALL[7:]
+    assert quirks.utime_after_query_offset(other, base, 0xb7ff40) == -1

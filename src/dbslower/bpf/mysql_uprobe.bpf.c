@@ -4,13 +4,19 @@
  *
  * dispatch_command() entry starts each command; its signature differs by
  * server, and the argument positions come from the table in
- * dbslower/quirks.py as DC_* defines. A statement's end time is taken at the
- * last Protocol::end_statement() before it is reported, and it is reported
- * where the server decides whether to slow-log it, log_slow_statement()
+ * dbslower/quirks.py as DC_* defines. A statement is reported where the
+ * server decides whether to slow-log it, log_slow_statement()
  * (FINISH_AT_SLOW_LOG), so what is reported is what the slow log can show:
  * each statement of a multi-statement COM_QUERY (the next one starts there),
  * a CALL once. No return probe; builds without log_slow_statement report at
  * dispatch_command's return.
+ *
+ * Its times: where the THD's start_utime and utime_after_query can be
+ * located (THD_UTIME_OFFSET, MariaDB), the very values the slow log's
+ * Query_time is computed from, read when it is reported: 2 probe hits per
+ * COM_QUERY. Otherwise from dispatch_command's entry to the last
+ * Protocol::end_statement() before it is reported, which also runs for each
+ * result set of a procedure inside a CALL: 3 hits.
  *
  * Read when it is reported, from the THD (offsets taken from the server's own
  * exported accessors, see quirks.py), and only for statements that will be
@@ -169,11 +175,26 @@ static __always_inline void end_my_statement(struct my_inflight *v, u64 now)
 #endif
 }
 
-/* Reports the statement: it ended at the last Protocol::end_statement(), or
- * now where that is not probed. */
+/* Reports the statement. With THD_UTIME_OFFSET, its times are the slow
+ * log's own: thd->start_utime to thd->utime_after_query, microseconds of the
+ * same clock as bpf_ktime_get_ns() (quirks.py); a value that cannot be one
+ * (not set, or not yet set for this statement) leaves our own. Otherwise it
+ * ended at the last Protocol::end_statement(), or now where that is not
+ * probed. */
 static __always_inline void report_statement(struct my_inflight *v, u64 now)
 {
-	end_my_statement(v, v->end_ns ? v->end_ns : now);
+#if THD_UTIME_OFFSET >= 0
+	u64 t[3] = {}; /* start_utime, utime_after_lock, utime_after_query */
+	bpf_probe_read_user(t, sizeof(t), (void *)(v->thd + THD_UTIME_OFFSET));
+	if (t[0] && t[0] <= t[2] && t[2] * 1000 <= now) {
+		v->ev.start_ns = t[0] * 1000;
+		now = t[2] * 1000;
+	}
+#else
+	if (v->end_ns)
+		now = v->end_ns;
+#endif
+	end_my_statement(v, now);
 	finish_statement_cached(&v->ev, v->ps);
 }
 
