@@ -88,18 +88,20 @@ def write_lines(engine, reader, decoder, fast):
     return out.value(), n - len(slow), slow
 
 
-def both(engine, records):
+def both(engine, records, decoder=None):
     """(Python's lines, the helper's lines, records the helper took)."""
-    decoder = Decoder(engine, context=False)
+    decoder = decoder or Decoder(engine, context=False)
     with ring_reader(records) as reader:
         expected, _, _ = write_lines(engine, reader, decoder, fast=False)
         got, taken, _ = write_lines(engine, reader, decoder, fast=True)
     return expected, got, taken
 
 
-def helper_after_first(engine, buf):
-    """A helper that was lent the first record's tail, and Python's lines."""
-    decoder = Decoder(engine, context=False)
+def helper_after_first(engine, buf, decoder=None):
+    """A helper that was lent the first record's tail, and Python's lines.
+    Lines compared with another writer's need the same decoder: its clock
+    offset (mono_to_wall_ns) is taken when it is made."""
+    decoder = decoder or Decoder(engine, context=False)
     out = BytesOut()
     writer = JsonWriter(out)
     helper = writer.fast_lines(engine, decoder.mono_to_wall_ns)
@@ -166,9 +168,10 @@ def test_mysql_strips_like_the_decoder_and_keys_on_its_context():
 
 def test_stops_at_room_and_keeps_order():
     records = [record(b"SELECT %d" % i) for i in range(50)]
-    expected, _, _ = both("postgres", records)
+    decoder = Decoder("postgres", context=False)
+    expected, _, _ = both("postgres", records, decoder)
     buf, end = ring(records)
-    fast, out = helper_after_first("postgres", buf)
+    fast, out = helper_after_first("postgres", buf, decoder)
     out.LIMIT_BYTES = 1000  # room for a few lines
     cons, n = fast(buf, 0, end, RING_BYTES - 1)
     assert 0 < n < 50 and out.size >= 1000 - 400
