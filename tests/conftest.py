@@ -29,3 +29,15 @@ def maria():
     server.sysbench("oltp_point_select", "--tables=1", "--table-size=10000", "prepare")
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["slowlog", "dispatch"])
+def my_machine(request, monkeypatch):
+    """Runs a MariaDB test with each uprobe machine: the default one, timed by
+    the THD's own slow-log times at log_slow_statement, and the one MySQL
+    needs (dispatch_command to Protocol::end_statement), forced on MariaDB."""
+    import helpers
+    from dbslower.plan import FORCE_DISPATCH_ENV
+    if request.param == "dispatch":
+        monkeypatch.setitem(helpers.ENV, FORCE_DISPATCH_ENV, "1")
+    return request.param

@@ -32,7 +32,8 @@ CTR_INFLIGHT_FULL = 4  # no room to follow a statement (inflight table full)
 CTR_UNFOLLOWED = 5     # socket method: a request it could not read (TLS) or follow
 CTR_UNFOLLOWED_CONN = 6  # socket method: a connection it cannot read (MySQL over TLS)
 CTR_TEXT_UNREAD = 7    # socket method: a statement reported without its text (see EV_TEXT_UNREAD)
-CTR_COUNT = 8
+CTR_NO_TIMES = 8       # MySQL/MariaDB: a statement the server had not timed (see bpf/mysql_slowlog.bpf.c)
+CTR_COUNT = 9
 
 # The socket methods without -p: the longest binary path (with its NUL) the
 # kernel matches at exec to follow a newly started server (bpf/common.bpf.c).
@@ -122,7 +123,7 @@ def c_defines():
     names = ("ENGINE_POSTGRES", "ENGINE_MYSQL", "MODE_STREAM", "MODE_HIST", "MODE_DIGEST", "MODE_FLOOR",
              "EV_TRUNCATED", "EV_FAILED", "EV_NO_TEXT", "EV_TEXT_UNREAD", "KIND_QUERY", "KIND_SAMPLE", "KIND_EXIT", "KIND_APP",
              "CTR_LOST_EVENTS", "CTR_MAP_FULL", "CTR_NO_TEXT", "CTR_EXITED", "CTR_INFLIGHT_FULL", "CTR_UNFOLLOWED",
-             "CTR_UNFOLLOWED_CONN", "CTR_TEXT_UNREAD", "CTR_COUNT",
+             "CTR_UNFOLLOWED_CONN", "CTR_TEXT_UNREAD", "CTR_NO_TIMES", "CTR_COUNT",
              "HIST_SUB_BITS", "HIST_MIN_SHIFT", "HIST_OCTAVES", "OP_LETTERS", "OP_SCAN_BYTES", "EXEC_PATH_BYTES")
     out = {n: globals()[n] for n in names}
     out["ERROR_CODE_UNKNOWN"] = f"{ERROR_CODE_UNKNOWN}U"

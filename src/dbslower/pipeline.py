@@ -19,7 +19,7 @@ import time
 
 from dbslower.aggregate import DigestBook, by_fingerprint, digest_report, hist_report, other_fp
 from dbslower.abi import (CTR_EXITED, CTR_INFLIGHT_FULL, CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT, CTR_TEXT_UNREAD,
-                          CTR_UNFOLLOWED, CTR_UNFOLLOWED_CONN, KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, add_buckets, add_stats)
+                          CTR_NO_TIMES, CTR_UNFOLLOWED, CTR_UNFOLLOWED_CONN, KIND_APP, KIND_EXIT, KIND_QUERY, KIND_SAMPLE, add_buckets, add_stats)
 from dbslower.decode import (PAGE, PER_PROCESS_CACHE, TEXT_MISSING, TEXT_UNREAD, Decoder, RingReader, parse_pg_title,
                              record_key, wait_readable)
 from dbslower.discover import (container_id, namespace_pid, pg_database_names, process_cwd, read_memory,
@@ -32,7 +32,8 @@ from dbslower.plan import DIGEST_MODES, TRACE_INHERIT, TRACE_SELF, app_name_symb
 LOSS_REASONS = {CTR_LOST_EVENTS: "ring buffer full", CTR_MAP_FULL: "aggregation map full",
                 CTR_INFLIGHT_FULL: "in-flight table full",
                 CTR_UNFOLLOWED: "request not followed (socket method: TLS, or message boundaries lost)",
-                CTR_UNFOLLOWED_CONN: "connection not followed (socket method: TLS; none of its statements is seen)"}
+                CTR_UNFOLLOWED_CONN: "connection not followed (socket method: TLS; none of its statements is seen)",
+                CTR_NO_TIMES: "statement the server had not timed (MySQL/MariaDB)"}
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
 # leaving room for a burst of new shapes before the next look.

@@ -11,6 +11,9 @@ from dbslower.elf import ElfFile
 from dbslower.errors import NoProbes, UsageError
 
 ET_DYN = 3  # ELF type of a position-independent executable
+# "1": on MySQL/MariaDB, the dispatch_command machine even where the THD's own
+# statement times are located (tests run MySQL's path on MariaDB with it)
+FORCE_DISPATCH_ENV = "DBSLOWER_DISPATCH_TIMING"
 # Plan mode -> the BPF program's MODE; "top" is a digest that also streams
 # the statements over an adjustable threshold (SLOW_EVENTS).
 # Statements carry their server and (PostgreSQL) database (SERVER_IDS), and
@@ -222,30 +225,60 @@ def _mysql_target(binary, elf, run_pid, hits):
         sym = syms.get(name)
         return elf.read_at_vaddr(sym.value, n) if sym else b""
 
-    probes = [Probe("uprobe", sig.symbol, "my_dispatch_entry")]
+    # What the THD tells when a statement is reported, at offsets read from
+    # the server's own exported accessors (quirks.py).
+    status = quirks.thd_status_offsets(code(quirks.MY_STATUS_ACCESSOR, 48))
+    cflags["THD_DA_OFFSET"] = -1
+    if status:
+        (cflags["THD_DA_OFFSET"], cflags["DA_STATUS_OFFSET"], cflags["DA_ERROR_STATUS"],
+         cflags["DA_ERRNO_OFFSET"]) = status
+    cflags["THD_QUERY_OFFSET"] = quirks.thd_member_address_offset(code(quirks.MY_QUERY_ACCESSOR, 8))
+    cflags["THD_DB_OFFSET"] = quirks.thd_member_address_offset(code(quirks.MY_DB_ACCESSOR, 8))
+    if cflags["THD_DB_OFFSET"] < 0:
+        notes.append("no thd_current_db: the database is unknown")
+    cflags["THD_CONN_ID_OFFSET"] = quirks.thd_thread_id_offset(code(quirks.MY_THREAD_ID_ACCESSOR, 8))
+    if cflags["THD_CONN_ID_OFFSET"] < 0:
+        notes.append("connection id unknown on this build")
+    cflags["THD_COMMAND_OFFSET"] = quirks.thd_command_offset(code(quirks.MY_COMMAND_ACCESSOR, 8))
     cflags["THD_UTIME_OFFSET"] = -1
-    if quirks.MY_SLOW_LOG in syms:
+    printer = next((s for name, s in syms.items() if name.startswith(quirks.MY_SLOW_LOG_PRINT_PREFIX)), None)
+    if quirks.MY_SLOW_LOG in syms and printer:
         slow_log = syms[quirks.MY_SLOW_LOG]
-        printer = next((s for name, s in syms.items() if name.startswith(quirks.MY_SLOW_LOG_PRINT_PREFIX)), None)
-        if printer:
-            cflags["THD_UTIME_OFFSET"] = quirks.thd_utime_offset(
-                elf.read_at_vaddr(slow_log.value, slow_log.size), slow_log.value, printer.value,
-                code(quirks.MY_START_TIME_ACCESSOR, 16))
-    # With the slow log's own times (read when the statement is reported),
-    # the end needs no probe of its own.
-    if cflags["THD_UTIME_OFFSET"] < 0:
-        if quirks.MY_STMT_END in syms:
-            probes.append(Probe("uprobe", quirks.MY_STMT_END, "my_stmt_end"))
-        else:
-            notes.append("no Protocol::end_statement: a statement ends when it is reported")
+        cflags["THD_UTIME_OFFSET"] = quirks.thd_utime_offset(
+            elf.read_at_vaddr(slow_log.value, slow_log.size), slow_log.value, printer.value,
+            code(quirks.MY_START_TIME_ACCESSOR, 16))
+    ps_probes = [Probe("uprobe", quirks.MY_PS_PREPARE, "my_ps_prepare"),
+                 Probe("uprobe", quirks.MY_PS_EXECUTE, "my_ps_execute"),
+                 Probe("uprobe", quirks.MY_PS_DESTROY, "my_ps_destroy")]
+    if not all(p.site in syms for p in ps_probes):
+        ps_probes = []
+        notes.append("Prepared_statement methods not exported: prepared statements have no text")
+
+    needed = ("THD_UTIME_OFFSET", "THD_COMMAND_OFFSET", "THD_QUERY_OFFSET", "THD_DA_OFFSET")
+    if all(cflags[k] >= 0 for k in needed) and not os.environ.get(FORCE_DISPATCH_ENV):
+        # mysql_slowlog.bpf.c: the statement is timed, and everything about
+        # it read, where the server decides whether to slow-log it.
+        hits.append("COM_QUERY 1 (log_slow_statement, which reads the slow log's own start and end times "
+                    "from the THD), COM_STMT_EXECUTE 2 (with Prepared_statement::execute); "
+                    "+1 per further statement of a multi-statement query")
+        notes.append("no probe at a statement's start: one still running when its server thread exits "
+                     "(the server killed) is not counted")
+        return ("uprobe", f"no USDT probes (dispatch_command signature {sig.name}); the THD's own statement "
+                "times are located, so log_slow_statement alone times each statement",
+                [Probe("uprobe", quirks.MY_SLOW_LOG, "my_slow_log")] + ps_probes, cflags, notes,
+                ["common.bpf.c", "mysql_thd.bpf.c", "mysql_slowlog.bpf.c"])
+
+    # mysql_uprobe.bpf.c: from dispatch_command to the statement's last
+    # Protocol::end_statement.
+    probes = [Probe("uprobe", sig.symbol, "my_dispatch_entry")]
+    if quirks.MY_STMT_END in syms:
+        probes.append(Probe("uprobe", quirks.MY_STMT_END, "my_stmt_end"))
+    else:
+        notes.append("no Protocol::end_statement: a statement ends when it is reported")
     if quirks.MY_SLOW_LOG in syms:
         probes.append(Probe("uprobe", quirks.MY_SLOW_LOG, "my_slow_log"))
         cflags["FINISH_AT_SLOW_LOG"] = 1
-        if cflags["THD_UTIME_OFFSET"] >= 0:
-            ends = "log_slow_statement"
-            notes.append("statement times are the slow log's own (THD::start_utime, utime_after_query)")
-        else:
-            ends = "Protocol::end_statement, log_slow_statement"
+        ends = "Protocol::end_statement, log_slow_statement"
     else:
         probes.append(Probe("uretprobe", sig.symbol, "my_dispatch_return"))
         cflags["FINISH_AT_SLOW_LOG"] = 0
@@ -253,47 +286,25 @@ def _mysql_target(binary, elf, run_pid, hits):
             else "dispatch_command's return"
         notes.append("no log_slow_statement: statements are reported when dispatch_command returns, "
                      "and a multi-statement COM_QUERY is one event")
-    ps = [quirks.MY_PS_PREPARE, quirks.MY_PS_EXECUTE, quirks.MY_PS_DESTROY]
-    if all(s in syms for s in ps):
-        probes += [Probe("uprobe", quirks.MY_PS_PREPARE, "my_ps_prepare"),
-                   Probe("uprobe", quirks.MY_PS_EXECUTE, "my_ps_execute"),
-                   Probe("uprobe", quirks.MY_PS_DESTROY, "my_ps_destroy")]
-    else:
-        notes.append("Prepared_statement methods not exported: prepared statements have no text")
-
-    status = quirks.thd_status_offsets(code(quirks.MY_STATUS_ACCESSOR, 48))
-    cflags["THD_DA_OFFSET"] = -1
-    cflags["ERROR_SINK"] = 0
-    if status:
-        (cflags["THD_DA_OFFSET"], cflags["DA_STATUS_OFFSET"], cflags["DA_ERROR_STATUS"],
-         cflags["DA_ERRNO_OFFSET"]) = status
-    elif quirks.MY_ERROR_SINK in syms:
+    probes += ps_probes
+    cflags["ERROR_SINK"] = int(not status and quirks.MY_ERROR_SINK in syms)
+    if cflags["ERROR_SINK"]:
         probes.append(Probe("uprobe", quirks.MY_ERROR_SINK, "my_error"))
-        cflags["ERROR_SINK"] = 1
         cflags["NOT_ERROR_FLAGS"] = quirks.NOT_ERROR_FLAGS.get(binary.flavor, 0)
         notes.append("no thd_current_status: failures are taken from my_message_sql")
-    else:
+    elif not status:
         notes.append("neither thd_current_status nor my_message_sql: failed statements are not flagged")
-    cflags["THD_QUERY_OFFSET"] = quirks.thd_member_address_offset(code(quirks.MY_QUERY_ACCESSOR, 8))
     if cflags["THD_QUERY_OFFSET"] < 0:
         notes.append("no thd_query_string: the text is the whole COM_QUERY packet")
-    cflags["THD_DB_OFFSET"] = quirks.thd_member_address_offset(code(quirks.MY_DB_ACCESSOR, 8))
-    if cflags["THD_DB_OFFSET"] < 0:
-        notes.append("no thd_current_db: the database is unknown")
-    off = quirks.thd_thread_id_offset(code(quirks.MY_THREAD_ID_ACCESSOR, 8))
-    if off < 0:
-        notes.append("connection id unknown on this build")
-    cflags["THD_CONN_ID_OFFSET"] = off
     n = 1 + len(ends.split(", "))
     hits.append(f"COM_QUERY {n} (dispatch_command, {ends}"
                 f"{'' if cflags['FINISH_AT_SLOW_LOG'] else ' as a return probe'}), "
                 f"COM_STMT_EXECUTE {n + 1} (with Prepared_statement::execute); "
-                f"+{n - 1} per further statement of a multi-statement query"
-                + ("" if cflags["THD_UTIME_OFFSET"] >= 0 else
-                   ", +1 per result set of a procedure (Protocol::end_statement)")
+                f"+{n - 1} per further statement of a multi-statement query, "
+                "+1 per result set of a procedure (Protocol::end_statement)"
                 + (", +1 per error (my_message_sql)" if cflags["ERROR_SINK"] else ""))
     return ("uprobe", f"no USDT probes; dispatch_command signature {sig.name}", probes, cflags, notes,
-            ["common.bpf.c", "mysql.bpf.c", "mysql_uprobe.bpf.c"])
+            ["common.bpf.c", "mysql.bpf.c", "mysql_thd.bpf.c", "mysql_uprobe.bpf.c"])
 
 
 def plan_target(engine, path, servers, no_usdt=None, method="auto"):

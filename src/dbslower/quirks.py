@@ -178,6 +178,9 @@ MY_THREAD_ID_ACCESSOR = "thd_get_thread_id"                  # sql/sql_class.cc
 # user_time; ulonglong prior_thr_create_utime, thr_create_utime;` just before
 # start_utime (MariaDB 10.x-11.x sql/sql_class.h): 40 bytes before it.
 MY_SLOW_LOG_PRINT_PREFIX = "_Z14slow_log_printP3THD"         # sql/log.cc
+# `enum_server_command thd_current_command(THD *)` returns thd->m_command
+# (MariaDB sql/sql_class.cc): `mov disp32(%rdi),%eax; ret`.
+MY_COMMAND_ACCESSOR = "thd_current_command"
 MY_START_TIME_ACCESSOR = "thd_start_utime"                    # sql/sql_class.cc
 THD_START_UTIME_AFTER_START_TIME = 40
 THD_START_UTIME_BEFORE_END = 16
@@ -298,6 +301,17 @@ def thd_status_offsets(code):
     if status is None or errno is None:
         return None
     return da, status[0], status[1], errno
+
+
+def thd_command_offset(code):
+    """THD::m_command's offset from thd_current_command's x86_64 code,
+    `mov disp32(%rdi),%eax; ret` (8b 87 disp32 c3) or its disp8 form
+    (8b 47 disp8 c3). -1 for anything else."""
+    if code and len(code) >= 7 and code[:2] == b"\x8b\x87" and code[6:7] == b"\xc3":
+        return int.from_bytes(code[2:6], "little", signed=True)
+    if code and len(code) >= 4 and code[:2] == b"\x8b\x47" and code[3:4] == b"\xc3":
+        return code[2]
+    return -1
 
 
 def thd_thread_id_offset(code):

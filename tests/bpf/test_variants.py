@@ -98,13 +98,20 @@ def test_socket_method_refuses_digests(pg, maria, engine, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("text_bytes", [1024, 8192])
-def test_mysql_variants(maria, mysql_usdt, mysql57, mode, text_bytes):
+def test_mysql_variants(maria, mysql_usdt, mysql57, mode, text_bytes, monkeypatch):
     require_root()
     from dbslower.discover import find_servers
+    from dbslower.plan import FORCE_DISPATCH_ENV
     for fixture, method in ((maria, "uprobe"), (mysql_usdt, "usdt"), (mysql57, "uprobe")):
         servers = find_servers("mysql", pids=[fixture.pid])
         got, sizes = load("mysql", servers, mode, text_bytes, filter_pids=fixture is maria)
         assert got == method and sizes
+        if fixture is maria:  # timed by the THD's own times: one probe per statement
+            assert "my_slow_log" in sizes and "my_dispatch_entry" not in sizes
+    # MySQL's machine (dispatch_command to Protocol::end_statement), on MariaDB
+    monkeypatch.setenv(FORCE_DISPATCH_ENV, "1")
+    got, sizes = load("mysql", find_servers("mysql", pids=[maria.pid]), mode, text_bytes, filter_pids=True)
+    assert got == "uprobe" and {"my_dispatch_entry", "my_stmt_end", "my_slow_log"} <= set(sizes)
 
 
 def _link_types(tracer):

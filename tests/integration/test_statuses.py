@@ -93,7 +93,7 @@ def _maria_conn(maria):
     return pymysql.connect(unix_socket=str(maria.sock), user="root", database="sbtest", autocommit=True)
 
 
-def test_mariadb_status_is_the_final_ok_or_err(maria):
+def test_mariadb_status_is_the_final_ok_or_err(maria, my_machine):
     """Notes, handled errors and strict-mode errors: the status is what the
     client received (defect 6), with its error number."""
     import pymysql
@@ -126,12 +126,12 @@ def test_mariadb_status_is_the_final_ok_or_err(maria):
     assert {q: got[q]["status"] for q in client} == {q: "error" if c else "ok" for q, c in client.items()}
 
 
-def test_mariadb_multi_statement_failure_keeps_its_own_text(maria):
+def test_mariadb_multi_statement_failure_keeps_its_own_text(maria, my_machine):
     """A multi-statement query stops at a failing statement: that statement
     is reported with its own text, not with the ones after it, and a packet
     starting with blanks keeps its first statement whole (defect 8). The
     slow log is the reference for texts."""
-    log = maria.slow_log_on(maria.dir / "multi.log")
+    log = maria.slow_log_on(maria.dir / f"multi-{my_machine}.log")
     try:
         with Run(["mysql", "-m", "0", "-j", "-p", maria.pid]) as run:
             for sql in ("   SELECT 'w1'; SELECT 'w2'//", "SELECT 'm1'; SELECT no_such_col_m; SELECT 'm3'//"):
@@ -147,7 +147,7 @@ def test_mariadb_multi_statement_failure_keeps_its_own_text(maria):
     assert [(e["status"], e["error_code"]) for e in events] == [("ok", None)] * 3 + [("error", "1054")]
 
 
-def test_mariadb_digest_counts_errors_by_code(maria):
+def test_mariadb_digest_counts_errors_by_code(maria, my_machine):
     import pymysql
     maria.sql("CREATE OR REPLACE TABLE dg_t (v varchar(3))", db="sbtest")
     with Run(["mysql", "--digest", "-j", "-p", maria.pid, "1"]) as run:

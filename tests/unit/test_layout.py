@@ -83,11 +83,12 @@ def test_bucket_function_matches_kernel(seed):
 
 def test_counter_indexes_match():
     from dbslower import pipeline
-    out = compile_and_run('#include "dbslower.h"\nint main(void) { printf("%d %d %d %d %d %d %d %d\\n", '
+    out = compile_and_run('#include "dbslower.h"\nint main(void) { printf("%d %d %d %d %d %d %d %d %d\\n", '
                           'CTR_LOST_EVENTS, CTR_MAP_FULL, CTR_NO_TEXT, CTR_EXITED, CTR_INFLIGHT_FULL, CTR_UNFOLLOWED, '
-                          'CTR_UNFOLLOWED_CONN, CTR_COUNT); return 0; }\n')
-    lost, full, no_text, exited, inflight, unfollowed, unfollowed_conn, count = (int(x) for x in out.split())
-    assert set(pipeline.LOSS_REASONS) == {lost, full, inflight, unfollowed, unfollowed_conn}
+                          'CTR_UNFOLLOWED_CONN, CTR_NO_TIMES, CTR_COUNT); return 0; }\n')
+    lost, full, no_text, exited, inflight, unfollowed, unfollowed_conn, no_times, count = (int(x) for x in out.split())
+    assert set(pipeline.LOSS_REASONS) == {lost, full, inflight, unfollowed, unfollowed_conn, no_times}
+    assert pipeline.LOSS_REASONS[no_times].startswith("statement the server had not timed")
     assert pipeline.LOSS_REASONS[unfollowed_conn].startswith("connection not followed")
     assert pipeline.LOSS_REASONS[lost] == "ring buffer full"
     assert pipeline.LOSS_REASONS[unfollowed].startswith("request not followed")

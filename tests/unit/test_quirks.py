@@ -70,3 +70,10 @@ def test_slow_log_times_from_machine_code():
     # the argument comes from somewhere else than a THD member load
     other = b"\x90" * 16 + bytes.fromhex("4c89e1909090") + b"\x90" + MARIADB_SLOW_LOG_CALL[7:]
     assert quirks.utime_after_query_offset(other, base, 0xb7ff40) == -1
+
+
+def test_command_offset_from_thd_current_command():
+    assert quirks.thd_command_offset(bytes.fromhex("8b87d8270000c3")) == 0x27d8  # Debian MariaDB 10.11
+    assert quirks.thd_command_offset(bytes.fromhex("8b4718c3")) == 0x18
+    assert quirks.thd_command_offset(bytes.fromhex("488b87183f0000c3")) == -1  # a 64-bit load
+    assert quirks.thd_command_offset(b"") == -1
