@@ -110,18 +110,26 @@ def test_verbose_names_the_dispatch_signature(maria):
     assert "dispatch_command signature mariadb-10" in r.stderr
 
 
-@pytest.mark.parametrize("ps_mode", ["disable", "auto"])
-def test_read_only_matches_slow_log(maria, ps_mode, my_machine):
-    log = maria.slow_log_on(maria.dir / f"slow-{ps_mode}-{my_machine}.log")
+def slow_logged_and_seen(maria, log_name, workload):
+    """Runs workload() traced (-m 0 -j) with the slow log on: (pairs of slow
+    log entry and event, matched per connection in order, mismatches, events)."""
+    log = maria.slow_log_on(maria.dir / log_name)
     try:
         with Run(["mysql", "-m", "0", "-j", "-p", maria.pid]) as run:
-            sysbench(maria, "oltp_read_only", f"--db-ps-mode={ps_mode}", "--events=100", "--threads=2")
+            workload()
     finally:
         maria.slow_log_off()
     logged = [entry for entry in parse_mariadb_slow_log(log.read_text(errors="replace"))
               if "slow_query_log" not in entry.query]
     events = [e for e in run.events() if "slow_query_log" not in e["query"]]
     pairs, problems = compare(logged, events, key="conn_id", normalize=strip_literals)
+    return pairs, problems, events
+
+
+@pytest.mark.parametrize("ps_mode", ["disable", "auto"])
+def test_read_only_matches_slow_log(maria, ps_mode, my_machine):
+    pairs, problems, events = slow_logged_and_seen(maria, f"slow-{ps_mode}-{my_machine}.log", lambda: sysbench(
+        maria, "oltp_read_only", f"--db-ps-mode={ps_mode}", "--events=100", "--threads=2"))
     assert not problems, problems[:10]
     assert len(pairs) >= 100 * 16
     off = [(entry.query, entry.duration_ms, ev["duration_ms"]) for entry, ev in pairs
@@ -143,20 +151,14 @@ def test_durations_are_the_slow_logs_own_to_the_microsecond(maria, ps_mode):
     plan = verbose.stderr.split("processes:")[0]
     assert "COM_QUERY 1 (log_slow_statement" in plan, verbose.stderr
     assert "dispatch_command ->" not in plan and "end_statement ->" not in plan
-    log = maria.slow_log_on(maria.dir / f"slow-exact-{ps_mode}.log")
-    try:
-        with Run(["mysql", "-m", "0", "-j", "-p", maria.pid]) as run:
-            sysbench(maria, "oltp_read_only", f"--db-ps-mode={ps_mode}", "--events=50", "--threads=2")
-            # a multi-statement COM_QUERY: one slow log entry per statement
-            import subprocess
-            subprocess.run(maria.client_args() + ["--delimiter=//", "-e", "SELECT SLEEP(0.01); SELECT 2//"],
-                           check=True, capture_output=True, timeout=60)
-    finally:
-        maria.slow_log_off()
-    logged = [entry for entry in parse_mariadb_slow_log(log.read_text(errors="replace"))
-              if "slow_query_log" not in entry.query]
-    events = [e for e in run.events() if "slow_query_log" not in e["query"]]
-    pairs, problems = compare(logged, events, key="conn_id", normalize=strip_literals)
+    import subprocess
+
+    def workload():
+        sysbench(maria, "oltp_read_only", f"--db-ps-mode={ps_mode}", "--events=50", "--threads=2")
+        # a multi-statement COM_QUERY: one slow log entry per statement
+        subprocess.run(maria.client_args() + ["--delimiter=//", "-e", "SELECT SLEEP(0.01); SELECT 2//"],
+                       check=True, capture_output=True, timeout=60)
+    pairs, problems, _ = slow_logged_and_seen(maria, f"slow-exact-{ps_mode}.log", workload)
     assert not problems, problems[:10]
     assert len(pairs) >= 50 * 16 + 2
     differ = [(entry.query, entry.duration_ms, ev["duration_ms"]) for entry, ev in pairs
