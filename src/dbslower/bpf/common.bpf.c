@@ -302,6 +302,27 @@ static __always_inline void send_note(u8 kind, u32 tgid, u32 tid, u64 app_ptr, c
 }
 #endif
 
+/* A statement starts in an event that may hold another's: no context known
+ * yet but its server (MySQL's machines, which read the rest later). */
+static __always_inline void start_bare_event(struct query_event *ev, u64 start_ns, u32 tgid, u32 tid)
+{
+	start_event(ev, start_ns, tgid, tid);
+	ev->conn_id = 0;
+	ev->fp = 0;
+	ev->app_ptr = 0;
+	ev->db_id = 0;
+	ev->server_id = 0;
+	ev->command = 0;
+	ev->db[0] = 0;
+	ev->user[0] = 0;
+	ev->host[0] = 0;
+#if SERVER_IDS
+	struct proc_info *pp = procs.lookup(&tgid);
+	if (pp)
+		ev->server_id = pp->server_id;
+#endif
+}
+
 #if FILTER_PIDS && FOLLOW_EXEC
 /* The socket methods' tracepoints see every process, so they follow the
  * servers by PID. Without -p every server of the traced binaries is wanted,

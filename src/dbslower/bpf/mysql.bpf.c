@@ -45,20 +45,7 @@ static __always_inline struct my_inflight *start_inflight(u64 now, u64 id)
 	v->ps = 0;
 	v->end_ns = 0;
 	v->state = MY_OPEN;
-	start_event(&v->ev, now, id >> 32, tid);
-	v->ev.conn_id = 0;
-	v->ev.fp = 0;
-	v->ev.server_id = 0;
-	v->ev.command = 0;
-	v->ev.db[0] = 0;
-	v->ev.user[0] = 0;
-	v->ev.host[0] = 0;
-#if SERVER_IDS
-	u32 tgid = id >> 32;
-	struct proc_info *pp = procs.lookup(&tgid);
-	if (pp)
-		v->ev.server_id = pp->server_id;
-#endif
+	start_bare_event(&v->ev, now, id >> 32, tid);
 	return v;
 }
 

@@ -60,22 +60,9 @@ int my_slow_log(struct pt_regs *ctx)
 	struct query_event *ev = report_scratch.lookup(&zero);
 	if (!ev)
 		return 0;
-	start_event(ev, t[0] * 1000, tgid, tid);
+	start_bare_event(ev, t[0] * 1000, tgid, tid);
 	ev->duration_ns = (t[2] - t[0]) * 1000;
 	ev->command = cmd;
-	ev->conn_id = 0;
-	ev->fp = 0;
-	ev->app_ptr = 0;
-	ev->db_id = 0;
-	ev->server_id = 0;
-	ev->db[0] = 0;
-	ev->user[0] = 0;
-	ev->host[0] = 0;
-#if SERVER_IDS
-	struct proc_info *pp = procs.lookup(&tgid);
-	if (pp)
-		ev->server_id = pp->server_id;
-#endif
 #if THD_CONN_ID_OFFSET >= 0
 	bpf_probe_read_user(&ev->conn_id, sizeof(u64), (void *)(thd + THD_CONN_ID_OFFSET));
 #endif
@@ -101,7 +88,10 @@ int my_ps_execute(struct pt_regs *ctx)
 		return 0;
 	u32 tid = (u32)id;
 	struct my_exec x = {.ps = PT_REGS_PARM1(ctx), .at_ns = bpf_ktime_get_ns()};
-	if (ps_running.update(&tid, &x) != 0)
+	struct my_exec *kept = ps_running.lookup(&tid);
+	if (kept)
+		*kept = x; /* in place: an update would copy in a new element each time */
+	else if (ps_running.update(&tid, &x) != 0)
 		count(CTR_INFLIGHT_FULL);
 	return 0;
 }
