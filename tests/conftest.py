@@ -41,3 +41,16 @@ def my_machine(request, monkeypatch):
     if request.param == "dispatch":
         monkeypatch.setitem(helpers.ENV, FORCE_DISPATCH_ENV, "1")
     return request.param
+
+
+@pytest.fixture(params=["server-times", "status"])
+def pg_machine(request, monkeypatch):
+    """Runs a PostgreSQL test with each machine of bpf/postgres.bpf.c: the
+    default one, whose windows start at the server's own statement stamp,
+    and the one for builds where that stamp is not located (windows open at
+    the backend's state reports), forced."""
+    import helpers
+    from dbslower.plan import FORCE_STATUS_ENV
+    if request.param == "status":
+        monkeypatch.setitem(helpers.ENV, FORCE_STATUS_ENV, "1")
+    return request.param

@@ -42,13 +42,14 @@ def uprobes():
         return ""
 
 
-def pg_status_semaphore(pid):
-    """The value of PostgreSQL's statement__status USDT semaphore in process pid."""
+def pg_usdt_semaphore(pid):
+    """The value of the semaphore of the USDT probe dbslower uses in
+    PostgreSQL (query__execute__start) in process pid."""
     from dbslower.discover import file_key, load_base
     from dbslower.elf import ElfFile
     exe = f"/proc/{pid}/exe"
     with ElfFile(exe) as elf:
-        sem = next(p.semaphore for p in elf.usdt_probes() if p.name == "statement__status")
+        sem = next(p.semaphore for p in elf.usdt_probes() if p.name == "query__execute__start")
         pie = elf.e_type == 3
     base = load_base(pid, file_key(exe)[1]) if pie else 0
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)

@@ -3,6 +3,7 @@ the -D flags for the BPF program. Second stage; imports only discovery.
 """
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from dbslower import abi, quirks
@@ -14,6 +15,9 @@ ET_DYN = 3  # ELF type of a position-independent executable
 # "1": on MySQL/MariaDB, the dispatch_command machine even where the THD's own
 # statement times are located (tests run MySQL's path on MariaDB with it)
 FORCE_DISPATCH_ENV = "DBSLOWER_DISPATCH_TIMING"
+# "1": on PostgreSQL, windows open at the backend's state reports even where
+# the server's own start stamp is located (tests run that machine with it)
+FORCE_STATUS_ENV = "DBSLOWER_STATUS_TIMING"
 # Plan mode -> the BPF program's MODE; "top" is a digest that also streams
 # the statements over an adjustable threshold (SLOW_EVENTS).
 # Statements carry their server and (PostgreSQL) database (SERVER_IDS), and
@@ -91,6 +95,11 @@ class Plan:
         }
         if self.by_operation:
             flags["DIGEST_ENTRIES"] = OPERATION_DIGEST_ENTRIES
+        if target.cflags.get("PG_SERVER_TIMES"):
+            # CLOCK_TAI - CLOCK_REALTIME, whole seconds: the BPF program
+            # reads the server's gettimeofday clock as TAI minus this
+            gap_ns = time.clock_gettime_ns(time.CLOCK_TAI) - time.clock_gettime_ns(time.CLOCK_REALTIME)
+            flags["PG_TAI_OFFSET_NS"] = f"{round(gap_ns / 1e9) * 1_000_000_000}ULL"
         flags.update(target.cflags)
         return flags
 
@@ -99,44 +108,78 @@ class Plan:
         return self.mode in DIGEST_MODES and self.digest_key == "operation"
 
 
-def _pg_target(binary, elf, run_pid, hits):
-    usdt = {p.name for p in elf.usdt_probes() if p.provider == "postgresql"}
+def _pg_target(binary, elf, run_pid, hits, mode):
     syms = elf.symbols()
-    missing_usdt = [n for n in quirks.PG_USDT_PROBES if n not in usdt]
-    if not missing_usdt and run_pid:
-        probes = [Probe("usdt", name, fn) for name, fn in quirks.PG_USDT_PROBES.items()]
-        method, reason, cflags = "usdt", "binary has USDT probes statement__status and query__execute__start", {"USE_USDT": 1}
-    else:
-        missing = [s for s in quirks.PG_UPROBES if s not in syms]
-        if missing:
-            raise NoProbes(f"{binary.path} has neither PostgreSQL's USDT probes nor the exported "
-                           f"functions {', '.join(missing)}", "is this a PostgreSQL 12+ server binary?")
-        probes = [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_UPROBES.items()]
-        cflags = {"USE_USDT": 0, "PG_STATE_RUNNING": _pg_versioned(binary, quirks.pg_state_running)}
-        method = "uprobe"
-        if missing_usdt:
-            reason = "no USDT probes in this build; exported pgstat_report_activity and PortalRun"
-        else:
-            reason = "USDT probes need a running server to enable; exported functions instead"
     notes = []
-    hits.append("simple Query 4 (state report, PortalRun, check_log_duration, idle report); "
-                "extended Bind/Execute/Sync 6 (2 state reports, 2 check_log_duration, PortalRun, idle report), "
-                "+3 with a Parse (state report, check_log_duration, SaveCachedPlan); "
-                "+1 for a failed statement (AbortCurrentTransaction), +2 with its code (errstart_cold, errcode)")
-    sym, fn = quirks.PG_END_UPROBE
-    if sym in syms:
-        probes.append(Probe("uprobe", sym, fn))
-    else:
-        notes.append(f"{sym} is not exported: a statement ends when the backend reports its next state")
-    sym, fn = quirks.PG_ERROR_UPROBE
-    if sym in syms:
-        probes.append(Probe("uprobe", sym, fn))
-    else:
-        notes.append(f"{sym} is not exported: failed statements are not flagged")
-    if all(s in syms for s in quirks.PG_ERROR_CODE_UPROBES):
+    server_times = _pg_server_times(elf, syms, mode)
+    usdt = {p.name for p in elf.usdt_probes() if p.provider == "postgresql"}
+    if server_times:
+        # postgres.bpf.c, machine 1: a message's window starts at the
+        # server's own stamp, read when it ends.
+        cflags = server_times
+        usdt_name, fn = quirks.PG_USDT_EXECUTE
+        if usdt_name in usdt and run_pid:
+            probes = [Probe("usdt", usdt_name, fn)]
+            method, reason = "usdt", f"binary has the USDT probe {usdt_name}"
+        else:
+            probes = [Probe("uprobe", *quirks.PG_EXECUTE_UPROBE)]
+            method = "uprobe"
+            reason = ("USDT probes need a running server to enable; exported functions instead" if usdt_name in usdt
+                      else "no USDT probes in this build; exported PortalRun")
+        reason += ("; each message's start is the server's own stamp (stmtStartTimestamp, located through "
+                   "GetCurrentStatementStartTimestamp), read at check_log_duration")
+        probes += [Probe("uprobe", *quirks.PG_END_UPROBE), Probe("uprobe", *quirks.PG_ERROR_UPROBE)]
         probes += [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_ERROR_CODE_UPROBES.items()]
+        if cflags["PG_REPORT_AT_SEND"]:
+            probes.append(Probe("tracepoint", "syscalls:sys_enter_sendto", "tracepoint__syscalls__sys_enter_sendto"))
+            report = "the backend's send, a syscall tracepoint"
+        else:
+            probes.append(Probe("uprobe", *quirks.PG_READY_UPROBE))
+            report = "ReadyForQuery"
+        hits.append(f"simple Query 3 (PortalRun, check_log_duration, {report}); "
+                    f"extended Bind/Execute/Sync 4 (2 check_log_duration, PortalRun, {report.split(',')[0]}), "
+                    "+2 with a Parse (check_log_duration, SaveCachedPlan); "
+                    "+2 for a failed statement (errstart_cold, AbortCurrentTransaction), +1 with its code (errcode)")
     else:
-        notes.append("errstart_cold/errcode not exported: failed statements have no error code")
+        missing_usdt = [n for n in quirks.PG_USDT_PROBES if n not in usdt]
+        if not missing_usdt and run_pid:
+            probes = [Probe("usdt", name, fn) for name, fn in quirks.PG_USDT_PROBES.items()]
+            method, reason, cflags = "usdt", "binary has USDT probes statement__status and query__execute__start", \
+                {"USE_USDT": 1}
+        else:
+            missing = [s for s in quirks.PG_UPROBES if s not in syms]
+            if missing:
+                raise NoProbes(f"{binary.path} has neither PostgreSQL's USDT probes nor the exported "
+                               f"functions {', '.join(missing)}", "is this a PostgreSQL 12+ server binary?")
+            probes = [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_UPROBES.items()]
+            cflags = {"USE_USDT": 0, "PG_STATE_RUNNING": _pg_versioned(binary, quirks.pg_state_running)}
+            method = "uprobe"
+            if missing_usdt:
+                reason = "no USDT probes in this build; exported pgstat_report_activity and PortalRun"
+            else:
+                reason = "USDT probes need a running server to enable; exported functions instead"
+        cflags["PG_SERVER_TIMES"] = 0
+        reason += ("; each message's window opens at its state report (the server's own start stamp "
+                   "is not located in this build)" if not os.environ.get(FORCE_STATUS_ENV)
+                   else f"; each message's window opens at its state report ({FORCE_STATUS_ENV} is set)")
+        hits.append("simple Query 4 (state report, PortalRun, check_log_duration, idle report); "
+                    "extended Bind/Execute/Sync 6 (2 state reports, 2 check_log_duration, PortalRun, idle report), "
+                    "+3 with a Parse (state report, check_log_duration, SaveCachedPlan); "
+                    "+1 for a failed statement (AbortCurrentTransaction), +2 with its code (errstart_cold, errcode)")
+        sym, fn = quirks.PG_END_UPROBE
+        if sym in syms:
+            probes.append(Probe("uprobe", sym, fn))
+        else:
+            notes.append(f"{sym} is not exported: a statement ends when the backend reports its next state")
+        sym, fn = quirks.PG_ERROR_UPROBE
+        if sym in syms:
+            probes.append(Probe("uprobe", sym, fn))
+        else:
+            notes.append(f"{sym} is not exported: failed statements are not flagged")
+        if all(s in syms for s in quirks.PG_ERROR_CODE_UPROBES):
+            probes += [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_ERROR_CODE_UPROBES.items()]
+        else:
+            notes.append("errstart_cold/errcode not exported: failed statements have no error code")
     sym, fn = quirks.PG_PLAN_SAVED_UPROBE
     cflags["PG_PARSE_SLOTS"] = 0
     if sym in syms and binary.version:
@@ -150,6 +193,33 @@ def _pg_target(binary, elf, run_pid, hits):
         notes.append("a Parse's time goes to the next statement executed, not to the statement it parsed "
                      f"({sym} not exported, or the version unknown)")
     return method, reason, probes, cflags, notes, ["common.bpf.c", "pg_context.bpf.c", "postgres.bpf.c"]
+
+
+def _pg_server_times(elf, syms, mode):
+    """postgres.bpf.c's PG_SERVER_TIMES flags, or None when this build does
+    not give what that machine reads (or FORCE_STATUS_ENV is set)."""
+    if os.environ.get(FORCE_STATUS_ENV):
+        return None
+    accessor = syms.get(quirks.PG_STMT_START_ACCESSOR)
+    stmt_start = quirks.rip_load_address(elf.read_at_vaddr(accessor.value, 8), accessor.value) if accessor else None
+    needed = [quirks.PG_DEBUG_QUERY, quirks.PG_WORKER_NUMBER, quirks.PG_END_UPROBE[0], quirks.PG_ERROR_UPROBE[0],
+              *quirks.PG_ERROR_CODE_UPROBES, quirks.PG_EXECUTE_UPROBE[0]]
+    at_send = mode not in DIGEST_MODES
+    if not at_send:
+        needed.append(quirks.PG_READY_UPROBE[0])
+    if stmt_start is None or not all(n in syms for n in needed):
+        return None
+    return {
+        "PG_SERVER_TIMES": 1,
+        "PG_STMT_START_VADDR": hex(stmt_start),
+        "PG_DEBUG_QUERY_VADDR": hex(syms[quirks.PG_DEBUG_QUERY].value),
+        "PG_WORKER_NUMBER_VADDR": hex(syms[quirks.PG_WORKER_NUMBER].value),
+        "PG_END_VADDR": hex(syms[quirks.PG_END_UPROBE[0]].value),
+        "PG_ERRSTART_VADDR": hex(syms["errstart_cold"].value),
+        # Digests are hashed by tail calls from the uprobe programs, which a
+        # tracepoint program cannot make (load.py): report at ReadyForQuery.
+        "PG_REPORT_AT_SEND": int(at_send),
+    }
 
 
 # The socket methods' sites; bcc attaches TRACEPOINT_PROBE functions itself
@@ -307,7 +377,7 @@ def _mysql_target(binary, elf, run_pid, hits):
             ["common.bpf.c", "mysql.bpf.c", "mysql_thd.bpf.c", "mysql_uprobe.bpf.c"])
 
 
-def plan_target(engine, path, servers, no_usdt=None, method="auto"):
+def plan_target(engine, path, servers, no_usdt=None, method="auto", mode="stream"):
     """Probe plan for one server binary and the running servers using it.
     no_usdt: why USDT probes cannot be used (they failed to enable), if so."""
     datadir = next((s.datadir for s in servers if s.datadir), "")
@@ -318,7 +388,10 @@ def plan_target(engine, path, servers, no_usdt=None, method="auto"):
         if method == "socket":
             build = _pg_socket_target if engine == "postgres" else _my_socket_target
         hits = []
-        method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits)
+        if build is _pg_target:
+            method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits, mode)
+        else:
+            method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits)
         if no_usdt:
             reason = f"{no_usdt}; {reason}"
         ref_ctrs = _semaphores(elf, {p.site for p in probes if p.kind == "usdt"})
@@ -399,7 +472,7 @@ def make_plan(engine, servers, binary=None, pids=None, threshold_ns=1_000_000,
     if binary and not by_binary:
         by_binary[binary] = []
         paths[binary] = binary
-    targets = [plan_target(engine, paths[k], group, no_usdt, method)
+    targets = [plan_target(engine, paths[k], group, no_usdt, method, mode)
                for k, group in sorted(by_binary.items(), key=lambda kv: paths[kv[0]])]
     filter_pids, follow_exec = {}, {}
     # The socket method's tracepoints fire for every process: it always

@@ -94,6 +94,39 @@ def pg_plansource_query_string(major):
     return by_major(PG_PLANSOURCE_QUERY_STRING, major)
 
 
+# Where a message's window starts without a probe (bpf/postgres.bpf.c,
+# PG_SERVER_TIMES). PostgresMain calls SetCurrentStatementStartTimestamp()
+# for each Query, Parse, Bind, Execute and function-call message
+# (src/backend/tcop/postgres.c, PG 12-18), and check_log_duration() logs the
+# time since (TimestampDifference from GetCurrentStatementStartTimestamp()).
+# The stamp is xact.c's static `TimestampTz stmtStartTimestamp`; its exported
+# accessor compiles to `mov disp32(%rip),%rax; ret` in every build seen.
+PG_STMT_START_ACCESSOR = "GetCurrentStatementStartTimestamp"
+# `const char *debug_query_string` (src/backend/tcop/postgres.c, PGDLLIMPORT
+# in src/include/tcop/tcopprot.h): set to the message's text first by each
+# exec_* function and cleared last, and cleared by error recovery before
+# AbortCurrentTransaction(); NULL between messages (Sync, Describe).
+PG_DEBUG_QUERY = "debug_query_string"
+# `int ParallelWorkerNumber` (src/backend/access/transam/parallel.c): -1
+# except in a parallel worker, which sets debug_query_string to its leader's
+# text (ParallelQueryMain).
+PG_WORKER_NUMBER = "ParallelWorkerNumber"
+# ReadyForQuery(CommandDest) (src/backend/tcop/dest.c) ends every cycle,
+# after Sync's commit; where statements are reported in digest modes.
+PG_READY_UPROBE = ("ReadyForQuery", "pg_ready")
+# The USDT probe in PortalRun (probes.d query__execute__start), for machine 1.
+PG_USDT_EXECUTE = ("query__execute__start", "pg_execute")
+PG_EXECUTE_UPROBE = ("PortalRun", "pg_execute")
+
+
+def rip_load_address(code, vaddr):
+    """The address a `mov disp32(%rip),%rax; ret` (48 8b 05 disp32 c3) at
+    vaddr loads from; None for any other code."""
+    if code and len(code) >= 8 and code[:3] == b"\x48\x8b\x05" and code[7:8] == b"\xc3":
+        return vaddr + 7 + int.from_bytes(code[3:7], "little", signed=True)
+    return None
+
+
 # --- MySQL / MariaDB ---------------------------------------------------------
 
 # enum_server_command values (include/my_command.h in MySQL 5.7+,

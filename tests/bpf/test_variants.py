@@ -47,14 +47,23 @@ def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None, method="a
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("text_bytes", [1024, 8192])
-def test_postgres_variants(pg, mode, text_bytes):
+def test_postgres_variants(pg, mode, text_bytes, monkeypatch):
     require_root()
     from dbslower.discover import find_servers
+    from dbslower.plan import DIGEST_MODES, FORCE_STATUS_ENV
     servers = find_servers("postgres", pids=[pg.pid])
-    for method, no_usdt in (("usdt", None), ("uprobe", "test: the uprobe variant")):
-        for filter_pids in (False, True):
-            got, sizes = load("postgres", servers, mode, text_bytes, filter_pids, no_usdt)
-            assert got == method and sizes
+    # the server's own start stamp; the report at the backend's send (a
+    # tracepoint) or, where digests are hashed in tail calls, ReadyForQuery
+    report = "pg_ready" if mode.partition("/")[0] in DIGEST_MODES else "tracepoint__syscalls__sys_enter_sendto"
+    for machine in ("server-times", "status"):
+        if machine == "status":
+            monkeypatch.setenv(FORCE_STATUS_ENV, "1")
+        for method, no_usdt in (("usdt", None), ("uprobe", "test: the uprobe variant")):
+            for filter_pids in (False, True):
+                got, sizes = load("postgres", servers, mode, text_bytes, filter_pids, no_usdt)
+                assert got == method and sizes
+                assert ("pg_status" in sizes) == (machine == "status")
+                assert (report in sizes) == (machine == "server-times")
 
 
 SOCKET_MODES = ["stream", "hist", "floor", "serve/operation"]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import DBSLOWER, ENV, pg_status_semaphore, require, run_cli, uprobes
+from helpers import DBSLOWER, ENV, pg_usdt_semaphore, require, run_cli, uprobes
 from lab.servers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def programs():
 def test_sigkill_leaves_nothing(pg, mode):
     require(shutil.which("bpftool") is not None, "bpftool is missing (make setup)")
     import subprocess
-    before = (programs(), pg_status_semaphore(pg.pid), uprobes())
+    before = (programs(), pg_usdt_semaphore(pg.pid), uprobes())
     if mode[0] == "serve":
         import socket
         with socket.socket() as sock:
@@ -48,7 +48,7 @@ def test_sigkill_leaves_nothing(pg, mode):
             assert proc.poll() is None, proc.stderr.read()
         assert programs() > before[0]
         if "socket" not in mode:  # the kernel set it (ref_ctr_offset; once per probe, whoever else traces)
-            assert pg_status_semaphore(pg.pid) >= 1
+            assert pg_usdt_semaphore(pg.pid) >= 1
         load = threading.Thread(target=pg.pgbench, args=("-n", "-S", "-c", "2", "-T", "3"))
         load.start()
         time.sleep(1)
@@ -59,7 +59,7 @@ def test_sigkill_leaves_nothing(pg, mode):
         if proc.poll() is None:
             proc.kill()
     wait_for(lambda: programs() == before[0], 10, "the programs to be freed")
-    assert pg_status_semaphore(pg.pid) == before[1]
+    assert pg_usdt_semaphore(pg.pid) == before[1]
     assert uprobes() == before[2]
     r = run_cli(["postgres", "-p", pg.pid, "-m", "0", "-d", "1"])
     assert r.returncode == 0 and r.stderr.startswith("Tracing"), r.stderr

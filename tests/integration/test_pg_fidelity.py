@@ -33,11 +33,11 @@ def check(pg, workload, min_statements, extra=()):
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
-def test_pgbench_matches_server_log(pg, protocol):
+def test_pgbench_matches_server_log(pg, pg_machine, protocol):
     check(pg, lambda: pg.pgbench("-n", "-M", protocol, "-c", "2", "-t", "100"), 2 * 100 * 7)
 
 
-def test_psycopg_prepared_and_pipeline_match_server_log(pg):
+def test_psycopg_prepared_and_pipeline_match_server_log(pg, pg_machine):
     import psycopg
     conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
 
@@ -77,14 +77,14 @@ def asyncpg_prepares_ahead(server):
     asyncio.run(run())
 
 
-def test_asyncpg_parse_time_goes_to_the_statement_it_parsed(pg):
+def test_asyncpg_parse_time_goes_to_the_statement_it_parsed(pg, pg_machine):
     """The Parse's time belongs to the prepared statement (the server's log
     names it), not to whatever runs next on the connection (issue 10,
     defect 1)."""
     check(pg, lambda: asyncpg_prepares_ahead(pg), 20, extra=["-s", "8192"])
 
 
-def test_first_statement_of_new_connections_matches_server_log(pg):
+def test_first_statement_of_new_connections_matches_server_log(pg, pg_machine):
     """A new connection per transaction (pgbench -C): the first statement of
     a connection used to come out 0.3-0.7 ms short (issue 10, defect 2)."""
     check(pg, lambda: pg.pgbench("-n", "-S", "-C", "-c", "2", "-t", "150"), 2 * 150)

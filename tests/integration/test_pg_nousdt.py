@@ -4,7 +4,7 @@ back to uprobes on exported functions; output and coverage stay the same."""
 
 import pytest
 
-from helpers import Run, require, require_root, run_cli
+from helpers import ENV, Run, require, require_root, run_cli
 from lab.logs import compare, parse_pg_log, within
 
 pytestmark = pytest.mark.integration
@@ -52,10 +52,17 @@ def test_latency_failure_and_context(wheel_pg):
 def test_verbose_explains_the_fallback(wheel_pg):
     r = run_cli(["postgres", "-v", "-d", "0.5", "-p", wheel_pg.pid])
     assert r.returncode == 0, r.stderr
-    assert "method: uprobe, because no USDT probes in this build" in r.stderr
+    assert "method: uprobe, because no USDT probes in this build; exported PortalRun" in r.stderr
+    assert "#define PG_SERVER_TIMES 1" in r.stderr and "stmtStartTimestamp" in r.stderr
+    assert f"(postgresql {wheel_pg.major}." in r.stderr
+    # The machine for builds whose start stamp is not located needs the
+    # version's BackendState (PG 18 inserted STATE_STARTING).
+    from dbslower.plan import FORCE_STATUS_ENV
+    r = run_cli(["postgres", "-v", "-d", "0.5", "-p", wheel_pg.pid], env=dict(ENV, **{FORCE_STATUS_ENV: "1"}))
+    assert r.returncode == 0, r.stderr
+    assert "method: uprobe, because no USDT probes in this build; exported pgstat_report_activity" in r.stderr
     running = 3 if wheel_pg.major >= 18 else 2
     assert f"#define PG_STATE_RUNNING {running}" in r.stderr
-    assert f"(postgresql {wheel_pg.major}." in r.stderr
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])

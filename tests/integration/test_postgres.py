@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from helpers import ENV, Run, pg_status_semaphore, run_cli
+from helpers import ENV, Run, pg_usdt_semaphore, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -137,8 +137,9 @@ def test_sigterm_ends_cleanly(pg):
 def test_verbose_says_method_and_why(pg):
     r = run_cli(["postgres", "-p", pg.pid, "-v", "-d", "0.5"])
     assert r.returncode == 0, r.stderr
-    assert "method: usdt, because binary has USDT probes" in r.stderr
-    assert "#define USE_USDT 1" in r.stderr
+    assert "method: usdt, because binary has the USDT probe query__execute__start" in r.stderr
+    assert "stmtStartTimestamp" in r.stderr and "#define PG_SERVER_TIMES 1" in r.stderr
+    assert "probe hits per statement: simple Query 3 (PortalRun, check_log_duration, the backend's send" in r.stderr
     # one link per USDT probe and uprobe listed
     sites = [line for line in r.stderr.splitlines() if line.strip().startswith(("usdt ", "uprobe "))]
     assert f"attached as: {len(sites)} uprobe_multi links" in r.stderr, sites
@@ -231,7 +232,7 @@ def test_application_name_follows_set_and_pid_reuse_gets_fresh_context(pg):
 
 @pytest.mark.parametrize("attach_env", [{}, {"DBSLOWER_PERF_UPROBES": "1"}], ids=["links", "perf-events"])
 def test_usdt_probe_held_by_bcc_trace_falls_back_to_uprobes(pg, attach_env):
-    """bcc's trace sets statement__status's semaphore through /proc/PID/mem;
+    """bcc's trace sets query__execute__start's semaphore through /proc/PID/mem;
     the kernel then refuses our kernel-managed semaphore on that site. The
     run says why and traces through the exported functions instead."""
     import signal
@@ -239,13 +240,13 @@ def test_usdt_probe_held_by_bcc_trace_falls_back_to_uprobes(pg, attach_env):
     trace = shutil.which("trace-bpfcc")
     assert trace, "bcc's trace-bpfcc is not installed (make setup)"
     from lab.servers import PG_BIN
-    holder = subprocess.Popen([trace, "-p", str(pg.pid), f"u:{PG_BIN / 'postgres'}:statement__status"],
+    holder = subprocess.Popen([trace, "-p", str(pg.pid), f"u:{PG_BIN / 'postgres'}:query__execute__start"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         # trace prints its header once attached (it compiles first)
         header = holder.stdout.readline()
         assert header.split()[:2] == [b"PID", b"TID"], header + holder.stderr.read()
-        assert pg_status_semaphore(pg.pid) > 0
+        assert pg_usdt_semaphore(pg.pid) > 0
         with Run(["postgres", "-v", "-m", "0", "-j", "-p", pg.pid], env=dict(ENV, **attach_env)) as run:
             pg.psql("SELECT 'while trace holds the probe'")
         assert [e["query"] for e in run.events()] == ["SELECT 'while trace holds the probe'"]

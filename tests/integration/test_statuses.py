@@ -15,7 +15,7 @@ def _pg_conninfo(pg):
     return f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
 
 
-def test_postgres_error_codes_are_what_the_client_got(pg):
+def test_postgres_error_codes_are_what_the_client_got(pg, pg_machine):
     """Every failure's SQLSTATE as psycopg received it; successes have none."""
     import psycopg
     pg.psql("DROP TABLE IF EXISTS ec_t; CREATE TABLE ec_t (id int PRIMARY KEY, v varchar(3))")
@@ -40,7 +40,7 @@ def test_postgres_error_codes_are_what_the_client_got(pg):
 
 
 @pytest.mark.parametrize("protocol", ["extended", "simple"])
-def test_postgres_error_at_commit_marks_the_statement(pg, protocol):
+def test_postgres_error_at_commit_marks_the_statement(pg, pg_machine, protocol):
     """A deferred foreign key fails at commit. With the extended protocol an
     autocommit statement commits at Sync, after its Execute's window
     (defect 4); with the simple one, inside the Query message."""
@@ -70,7 +70,7 @@ def test_postgres_error_at_commit_marks_the_statement(pg, protocol):
     assert events[-1]["query"] == "SELECT 'after_dc'" and events[-1]["status"] == "ok"
 
 
-def test_postgres_digest_counts_errors_by_code(pg):
+def test_postgres_digest_counts_errors_by_code(pg, pg_machine):
     with Run(["postgres", "--digest", "-j", "-p", pg.pid, "1"]) as run:
         for _ in range(3):
             pg.psql("SELECT 1/0", check=False)
