@@ -70,6 +70,32 @@ def test_postgres_error_at_commit_marks_the_statement(pg, pg_machine, protocol):
     assert events[-1]["query"] == "SELECT 'after_dc'" and events[-1]["status"] == "ok"
 
 
+def test_postgres_pipeline_failure_is_its_own_statements(pg, pg_machine):
+    """In a pipeline the statement before a failure has finished (the
+    server logged its duration), and the failure is the next message's,
+    with its own text: one failing at Bind (a bad parameter) and one at
+    Execute (division by zero), against what psycopg raised."""
+    import psycopg
+    failing = {"SELECT %s::int AS pl_bind": ("pl", "22P02"), "SELECT 1 / %s::int AS pl_exec": (0, "22012")}
+    raised = []
+    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+        with psycopg.connect(_pg_conninfo(pg), autocommit=True) as conn:
+            for q, (arg, _) in failing.items():
+                try:
+                    with conn.pipeline():
+                        conn.execute("SELECT 'pl_before', %s::int", (1,))
+                        conn.execute(q, (arg,))
+                except psycopg.Error as e:
+                    raised.append(e.sqlstate)
+            conn.execute("SELECT 'pl_after'")
+    assert raised == [code for _, code in failing.values()]
+    got = [(e["query"], e["status"], e["error_code"]) for e in run.events() if "pl_" in e["query"]]
+    before = ("SELECT 'pl_before', $1::int", "ok", None)
+    assert got == [before, ("SELECT $1::int AS pl_bind", "error", "22P02"),
+                   before, ("SELECT 1 / $1::int AS pl_exec", "error", "22012"),
+                   ("SELECT 'pl_after'", "ok", None)]
+
+
 def test_postgres_digest_counts_errors_by_code(pg, pg_machine):
     with Run(["postgres", "--digest", "-j", "-p", pg.pid, "1"]) as run:
         for _ in range(3):
