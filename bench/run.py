@@ -157,7 +157,18 @@ class Tracer:
         if self.pump is None:
             rest = self.proc.stderr.read()
             self.stderr += rest
-        _, status, ru = os.wait4(self.proc.pid, 0)
+        # bcc's dbslower-bpfcc waits in perf_buffer_poll(), which retries on
+        # EINTR: with no event left to read, SIGINT never reaches its Python
+        # loop (a run of this bench hung there 11 minutes). Then SIGTERM.
+        deadline = time.monotonic() + 10
+        while True:
+            pid, status, ru = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                self.proc.send_signal(signal.SIGTERM)
+                deadline = float("inf")
+            time.sleep(0.05)
         self.stop_s = time.monotonic() - t0
         self.proc.returncode = status
         if self.pump:

@@ -257,3 +257,31 @@ def test_usdt_probe_held_by_bcc_trace_falls_back_to_uprobes(pg, attach_env):
         holder.send_signal(signal.SIGINT)
         holder.communicate(timeout=60)
 
+
+
+def test_statement_running_when_tracing_starts_adds_nothing_to_the_next(pg, pg_machine):
+    """Statements already running when tracing starts ran their portal
+    unseen: their time must not pass for a Bind's and be added to the
+    connection's next statement, on either protocol (psycopg sends
+    Parse/Bind/Execute/Sync, psql simple Queries)."""
+    import time
+    import psycopg
+    conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        running = threading.Thread(target=conn.execute, args=("SELECT pg_sleep(%s::float8) AS before_ext", (6,)))
+        running.start()
+        psql = subprocess.Popen([str(pg.bindir / "psql"), "-X", "-q", "-f", "-"], env=pg.env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        psql.stdin.write("SELECT pg_sleep(6) AS before_simple;\nSELECT 'after_simple';\n")
+        psql.stdin.close()
+        time.sleep(0.5)
+        with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+            # both still running once tracing has started
+            assert running.is_alive() and psql.poll() is None
+            running.join(timeout=60)
+            conn.execute("SELECT 'after_ext'")
+            assert psql.wait(timeout=60) == 0
+    got = {e["query"]: e["duration_ms"] for e in run.events()}
+    assert got["SELECT 'after_ext'"] < 1000 and got["SELECT 'after_simple'"] < 1000, got
+    # a statement seen only in part is either whole or absent, never cut short
+    assert all(ms >= 6000 for q, ms in got.items() if "before_" in q), got
