@@ -32,7 +32,7 @@ CTR_INFLIGHT_FULL = 4  # no room to follow a statement (inflight table full)
 CTR_UNFOLLOWED = 5     # socket method: a request it could not read (TLS) or follow
 CTR_UNFOLLOWED_CONN = 6  # socket method: a connection it cannot read (MySQL over TLS)
 CTR_TEXT_UNREAD = 7    # socket method: a statement reported without its text (see EV_TEXT_UNREAD)
-CTR_NO_TIMES = 8       # MySQL/MariaDB: a statement the server had not timed (see bpf/mysql_slowlog.bpf.c)
+CTR_NO_TIMES = 8       # a statement the server had not timed (bpf/mysql_slowlog.bpf.c, bpf/postgres.bpf.c)
 CTR_COUNT = 9
 
 # The socket methods without -p: the longest binary path (with its NUL) the

@@ -8,6 +8,7 @@ decoder and the summaries read.
 import ctypes as ct
 import os
 import platform
+import time
 from pathlib import Path
 
 from dbslower import abi
@@ -280,6 +281,7 @@ class Tracer:
             for target in self.plan.targets:
                 self.loaded.append(self._load(bcc, target))
             self._seed_pids()
+            self._mark_traced_since()
         except BaseException:
             self.close()
             raise
@@ -395,6 +397,13 @@ class Tracer:
                     return f"{len(lt.bpf.uprobe_fds)} perf-event uprobes"
                 return "syscall tracepoints only"
         return "not attached"
+
+    def _mark_traced_since(self):
+        """Tells PostgreSQL's server-times machine when every probe was
+        attached, on the server's clock (bpf/postgres.bpf.c, pg_traced_since)."""
+        for lt in self.loaded:
+            if self.plan.cflags(lt.target).get("PG_SERVER_TIMES"):
+                lt.bpf["pg_traced_since"][ct.c_int(0)] = ct.c_ulonglong(time.time_ns())
 
     def _seed_pids(self):
         if not self.plan.filter_pids:

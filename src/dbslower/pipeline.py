@@ -33,7 +33,7 @@ LOSS_REASONS = {CTR_LOST_EVENTS: "ring buffer full", CTR_MAP_FULL: "aggregation 
                 CTR_INFLIGHT_FULL: "in-flight table full",
                 CTR_UNFOLLOWED: "request not followed (socket method: TLS, or message boundaries lost)",
                 CTR_UNFOLLOWED_CONN: "connection not followed (socket method: TLS; none of its statements is seen)",
-                CTR_NO_TIMES: "statement the server had not timed (MySQL/MariaDB)"}
+                CTR_NO_TIMES: "statement the server had not timed"}
 LOST_REPORT_EVERY_S = 5.0  # stream mode: at most one "lost" line this often
 # Digest maps: above this fill, cold entries are folded away, down to EVICT_TO,
 # leaving room for a burst of new shapes before the next look.

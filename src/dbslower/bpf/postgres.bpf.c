@@ -100,12 +100,16 @@ struct pg_inflight {
 BPF_HASH(inflight, u32, struct pg_inflight, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(inflight_zero, struct pg_inflight, 1);
 
-/* Thread tid's entry, made when it has none. NULL when the table is full. */
-static __always_inline struct pg_inflight *thread_entry(u32 tid)
+/* Thread tid's entry, made when it has none and its process is traced.
+ * NULL when it is not, or the table is full (*full set). */
+static __always_inline struct pg_inflight *thread_entry(u32 tgid, u32 tid, int *full)
 {
 	struct pg_inflight *v = inflight.lookup(&tid);
 	if (v)
-		return v;
+		return v; /* made only for a traced process: no filter lookup at every hit */
+	if (!pid_traced(tgid))
+		return 0;
+	*full = 1;
 	u32 zero = 0;
 	struct pg_inflight *init = inflight_zero.lookup(&zero);
 	if (!init || inflight.update(&tid, init) != 0)
@@ -218,6 +222,20 @@ static __always_inline u64 server_clock_ns(void)
 	return bpf_ktime_get_tai_ns() - PG_TAI_OFFSET_NS;
 }
 
+/* When every probe was attached, on the server's clock (ns; set by load.py
+ * once they all are, 0 before). A window that started earlier may have run
+ * its portal unseen: unless a portal or a Parse's SaveCachedPlan was seen in
+ * it, it is not taken for a Bind's time (which would go to the next
+ * statement); it belongs to a statement that ran before tracing. */
+BPF_ARRAY(pg_traced_since, u64, 1);
+
+static __always_inline int started_traced(u64 start_ns)
+{
+	u32 zero = 0;
+	u64 *since = pg_traced_since.lookup(&zero);
+	return since && *since && start_ns >= *since;
+}
+
 /* How long ago (ns) the message stamped start_us started; 0 when the stamp
  * cannot be this message's: unset, in the future, or before boot. */
 static __always_inline u64 since_stamp_ns(u64 start_us, u64 clock_ns, u64 now)
@@ -236,11 +254,11 @@ int pg_msg_end(struct pt_regs *ctx)
 	u64 clock_ns = server_clock_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	if (!pid_traced(tgid))
-		return 0;
-	struct pg_inflight *v = thread_entry(tid);
+	int full = 0;
+	struct pg_inflight *v = thread_entry(tgid, tid, &full);
 	if (!v) {
-		count(CTR_INFLIGHT_FULL);
+		if (full)
+			count(CTR_INFLIGHT_FULL);
 		return 0;
 	}
 	u64 start_us = 0, text = 0;
@@ -254,6 +272,8 @@ int pg_msg_end(struct pt_regs *ctx)
 	u64 ns = since_stamp_ns(start_us, clock_ns, now);
 	if (!ns) {
 		count(CTR_NO_TIMES);
+	} else if (!v->executed && !v->saved_src && !started_traced(clock_ns - ns)) {
+		/* began before tracing: its portal may have run unseen */
 	} else {
 		v->last_start_us = start_us;
 		v->text_ptr = text;
@@ -328,9 +348,11 @@ int pg_errstart(struct pt_regs *ctx)
 	if (worker >= 0)
 		return 0;
 	bpf_probe_read_user(&start_us, sizeof(start_us), global_at(ctx, PG_ERRSTART_VADDR, PG_STMT_START_VADDR));
-	v = thread_entry(tid);
+	int full = 0;
+	v = thread_entry(tgid, tid, &full);
 	if (!v) {
-		count(CTR_INFLIGHT_FULL);
+		if (full)
+			count(CTR_INFLIGHT_FULL);
 		return 0;
 	}
 	if (v->done && start_us != v->last_start_us)
@@ -415,10 +437,11 @@ static __always_inline int on_status(const char *text, int running)
 			 * belong to another statement. */
 			v->has_text = 0;
 	} else {
-		v = thread_entry(tid);
+		int full = 0;
+		v = thread_entry(tgid, tid, &full);
 		if (!v) {
 			/* A statement is lost; an idle report is not. */
-			if (running && text)
+			if (full && running && text)
 				count(CTR_INFLIGHT_FULL);
 			return 0;
 		}
@@ -525,9 +548,8 @@ int pg_execute(struct pt_regs *ctx)
 	u32 tid = (u32)id;
 #if PG_SERVER_TIMES
 	/* Parallel workers do not run portals: a client backend's window. */
-	if (!pid_traced(id >> 32))
-		return 0;
-	struct pg_inflight *v = thread_entry(tid);
+	int full = 0;
+	struct pg_inflight *v = thread_entry(id >> 32, tid, &full);
 	if (v) {
 		v->executed = 1;
 		v->client = 1;
@@ -548,9 +570,8 @@ int pg_plan_saved(struct pt_regs *ctx)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
 #if PG_SERVER_TIMES
-	if (!pid_traced(id >> 32))
-		return 0;
-	struct pg_inflight *v = thread_entry(tid);
+	int full = 0;
+	struct pg_inflight *v = thread_entry(id >> 32, tid, &full);
 	if (!v || v->executed)
 		return 0; /* PREPARE or PL/pgSQL inside a statement */
 #else
