@@ -136,6 +136,14 @@ static __always_inline void end_statement(struct pg_inflight *v)
 	v->ev.error_code = 0;
 }
 
+/* errstart_cold() ran for this statement: the errcode() calls that follow
+ * are its error's; an elog(ERROR) makes none (XX000). */
+static __always_inline void error_starts(struct pg_inflight *v)
+{
+	v->error_pending = 1;
+	v->ev.error_code = PG_ERRCODE_INTERNAL;
+}
+
 #if PG_PARSE_SLOTS
 /* A Parse's window closed: keep its time for the Bind of its statement. */
 static __always_inline void keep_parse(struct pg_inflight *v, u64 src, u64 ns)
@@ -335,10 +343,8 @@ int pg_errstart(struct pt_regs *ctx)
 	if (!text) {
 		/* Between messages: the commit at Sync of a done statement. */
 		v = inflight.lookup(&tid);
-		if (v && v->done) {
-			v->error_pending = 1;
-			v->ev.error_code = PG_ERRCODE_INTERNAL;
-		}
+		if (v && v->done)
+			error_starts(v);
 		return 0;
 	}
 	/* A parallel worker runs its leader's statement, with its text: the
@@ -362,8 +368,7 @@ int pg_errstart(struct pt_regs *ctx)
 		v->msg_start_us = start_us;
 		v->text_ptr = text;
 	}
-	v->error_pending = 1;
-	v->ev.error_code = PG_ERRCODE_INTERNAL;
+	error_starts(v);
 	digest_tail(ctx);
 	return 0;
 }
@@ -532,10 +537,8 @@ int pg_errstart(struct pt_regs *ctx)
 	FLOOR_RETURN();
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct pg_inflight *v = inflight.lookup(&tid);
-	if (v && (v->window_start_ns || v->done)) {
-		v->error_pending = 1;
-		v->ev.error_code = PG_ERRCODE_INTERNAL;
-	}
+	if (v && (v->window_start_ns || v->done))
+		error_starts(v);
 	return 0;
 }
 #endif /* PG_SERVER_TIMES */
