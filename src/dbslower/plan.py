@@ -228,7 +228,7 @@ SOCKET_PROBES = tuple(Probe("tracepoint", f"syscalls:{tp}", f"tracepoint__syscal
                       for tp in ("sys_exit_recvfrom", "sys_enter_sendto"))
 
 
-def _pg_socket_target(binary, elf, run_pid, hits):
+def _pg_socket_target(binary, elf, run_pid, hits, mode):
     """--method socket: syscall tracepoints on the backends' recvfrom and
     sendto (bpf/postgres_socket.bpf.c); no probe in the binary."""
     hits.append("3 syscall tracepoint hits for a simple Query or an extended-protocol Sync cycle, whatever "
@@ -239,7 +239,7 @@ def _pg_socket_target(binary, elf, run_pid, hits):
             ["common.bpf.c", "pg_context.bpf.c", "postgres_socket.bpf.c"])
 
 
-def _my_socket_target(binary, elf, run_pid, hits):
+def _my_socket_target(binary, elf, run_pid, hits, mode):
     """--method socket: syscall tracepoints on the server threads' recvfrom
     and sendto (bpf/mysql_socket.bpf.c); no probe in the binary."""
     hits.append("4 syscall tracepoint hits per command (3 recvfrom exits: EAGAIN before the thread waits, "
@@ -268,7 +268,7 @@ def _pg_versioned(binary, table):
         raise NoProbes(f"PostgreSQL {binary.version[0]} is not supported (12 or newer)") from None
 
 
-def _mysql_target(binary, elf, run_pid, hits):
+def _mysql_target(binary, elf, run_pid, hits, mode):
     usdt = {p.name for p in elf.usdt_probes() if p.provider == "mysql"}
     syms = elf.symbols()
     cflags = dict(quirks.COM)  # COM_QUERY, ... as #defines
@@ -388,10 +388,7 @@ def plan_target(engine, path, servers, no_usdt=None, method="auto", mode="stream
         if method == "socket":
             build = _pg_socket_target if engine == "postgres" else _my_socket_target
         hits = []
-        if build is _pg_target:
-            method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits, mode)
-        else:
-            method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits)
+        method, reason, probes, cflags, notes, sources = build(binary, elf, run_pid, hits, mode)
         if no_usdt:
             reason = f"{no_usdt}; {reason}"
         ref_ctrs = _semaphores(elf, {p.site for p in probes if p.kind == "usdt"})

@@ -101,19 +101,22 @@ BPF_HASH(inflight, u32, struct pg_inflight, INFLIGHT_ENTRIES);
 BPF_PERCPU_ARRAY(inflight_zero, struct pg_inflight, 1);
 
 /* Thread tid's entry, made when it has none and its process is traced.
- * NULL when it is not, or the table is full (*full set). */
-static __always_inline struct pg_inflight *thread_entry(u32 tgid, u32 tid, int *full)
+ * NULL when it is not, or the table is full: counted when a statement is
+ * lost that way (lost_if_full). */
+static __always_inline struct pg_inflight *thread_entry(u32 tgid, u32 tid, int lost_if_full)
 {
 	struct pg_inflight *v = inflight.lookup(&tid);
 	if (v)
 		return v; /* made only for a traced process: no filter lookup at every hit */
 	if (!pid_traced(tgid))
 		return 0;
-	*full = 1;
 	u32 zero = 0;
 	struct pg_inflight *init = inflight_zero.lookup(&zero);
-	if (!init || inflight.update(&tid, init) != 0)
+	if (!init || inflight.update(&tid, init) != 0) {
+		if (lost_if_full)
+			count(CTR_INFLIGHT_FULL);
 		return 0;
+	}
 	return inflight.lookup(&tid);
 }
 
@@ -262,13 +265,9 @@ int pg_msg_end(struct pt_regs *ctx)
 	u64 clock_ns = server_clock_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	int full = 0;
-	struct pg_inflight *v = thread_entry(tgid, tid, &full);
-	if (!v) {
-		if (full)
-			count(CTR_INFLIGHT_FULL);
+	struct pg_inflight *v = thread_entry(tgid, tid, 1);
+	if (!v)
 		return 0;
-	}
 	u64 start_us = 0, text = 0;
 	bpf_probe_read_user(&start_us, sizeof(start_us), global_at(ctx, PG_END_VADDR, PG_STMT_START_VADDR));
 	bpf_probe_read_user(&text, sizeof(text), global_at(ctx, PG_END_VADDR, PG_DEBUG_QUERY_VADDR));
@@ -354,13 +353,9 @@ int pg_errstart(struct pt_regs *ctx)
 	if (worker >= 0)
 		return 0;
 	bpf_probe_read_user(&start_us, sizeof(start_us), global_at(ctx, PG_ERRSTART_VADDR, PG_STMT_START_VADDR));
-	int full = 0;
-	v = thread_entry(tgid, tid, &full);
-	if (!v) {
-		if (full)
-			count(CTR_INFLIGHT_FULL);
+	v = thread_entry(tgid, tid, 1);
+	if (!v)
 		return 0;
-	}
 	if (v->done && start_us != v->last_start_us)
 		end_statement(v); /* done before this message started */
 	if (!v->done) {
@@ -442,14 +437,10 @@ static __always_inline int on_status(const char *text, int running)
 			 * belong to another statement. */
 			v->has_text = 0;
 	} else {
-		int full = 0;
-		v = thread_entry(tgid, tid, &full);
-		if (!v) {
-			/* A statement is lost; an idle report is not. */
-			if (full && running && text)
-				count(CTR_INFLIGHT_FULL);
+		/* A statement is lost; an idle report is not. */
+		v = thread_entry(tgid, tid, running && text);
+		if (!v)
 			return 0;
-		}
 	}
 	if (!running || !text) {
 		/* Parallel workers (ParallelQueryMain) and autovacuum workers
@@ -551,8 +542,7 @@ int pg_execute(struct pt_regs *ctx)
 	u32 tid = (u32)id;
 #if PG_SERVER_TIMES
 	/* Parallel workers do not run portals: a client backend's window. */
-	int full = 0;
-	struct pg_inflight *v = thread_entry(id >> 32, tid, &full);
+	struct pg_inflight *v = thread_entry(id >> 32, tid, 0);
 	if (v) {
 		v->executed = 1;
 		v->client = 1;
@@ -573,8 +563,7 @@ int pg_plan_saved(struct pt_regs *ctx)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
 #if PG_SERVER_TIMES
-	int full = 0;
-	struct pg_inflight *v = thread_entry(id >> 32, tid, &full);
+	struct pg_inflight *v = thread_entry(id >> 32, tid, 0);
 	if (!v || v->executed)
 		return 0; /* PREPARE or PL/pgSQL inside a statement */
 #else
