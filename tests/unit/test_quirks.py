@@ -77,3 +77,16 @@ def test_command_offset_from_thd_current_command():
     assert quirks.thd_command_offset(bytes.fromhex("8b4718c3")) == 0x18
     assert quirks.thd_command_offset(bytes.fromhex("488b87183f0000c3")) == -1  # a 64-bit load
     assert quirks.thd_command_offset(b"") == -1
+
+
+def test_statement_start_stamp_from_its_accessor():
+    # Debian PG 15: GetCurrentStatementStartTimestamp at 0x1e3050 is
+    # `mov 0x6a2d99(%rip),%rax; ret`, loading stmtStartTimestamp at 0x885df0
+    # (objdump's own reading of the same bytes).
+    code = bytes.fromhex("488b05992d6a00c3")
+    assert quirks.rip_load_address(code, 0x1E3050) == 0x885DF0
+    assert quirks.rip_load_address(bytes.fromhex("488b05f9ffffffc3"), 0x1000) == 0x1000  # backwards
+    # another shape (a frame pointer first, or a load into another register): not trusted
+    assert quirks.rip_load_address(bytes.fromhex("554889e5488b05992d6a00"), 0x1E3050) is None
+    assert quirks.rip_load_address(bytes.fromhex("488b0d992d6a00c3"), 0x1E3050) is None
+    assert quirks.rip_load_address(b"", 0) is None
