@@ -331,6 +331,9 @@ class Tracer:
             try:
                 chunk = b.load_func(b"fp_chunk", prog_type, attach_type=attach_type)
                 b["fp_chain"][ct.c_int(0)] = ct.c_int(chunk.fd)
+                if target.cflags.get("DIGEST_TP_CHAIN"):
+                    chunk = b.load_func(b"fp_chunk_tp", bcc.BPF.TRACEPOINT)
+                    b["fp_chain_tp"][ct.c_int(0)] = ct.c_int(chunk.fd)
             except Exception as e:
                 b.cleanup()
                 raise AttachFailed(f"cannot load the fingerprint program for {target.binary.path}: {e}",

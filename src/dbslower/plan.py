@@ -130,14 +130,9 @@ def _pg_target(binary, elf, run_pid, hits, mode):
                    "GetCurrentStatementStartTimestamp), read at check_log_duration")
         probes += [Probe("uprobe", *quirks.PG_END_UPROBE), Probe("uprobe", *quirks.PG_ERROR_UPROBE)]
         probes += [Probe("uprobe", sym, fn) for sym, fn in quirks.PG_ERROR_CODE_UPROBES.items()]
-        if cflags["PG_REPORT_AT_SEND"]:
-            probes.append(Probe("tracepoint", "syscalls:sys_enter_sendto", "tracepoint__syscalls__sys_enter_sendto"))
-            report = "the backend's send, a syscall tracepoint"
-        else:
-            probes.append(Probe("uprobe", *quirks.PG_READY_UPROBE))
-            report = "ReadyForQuery"
-        hits.append(f"simple Query 3 (PortalRun, check_log_duration, {report}); "
-                    f"extended Bind/Execute/Sync 4 (2 check_log_duration, PortalRun, {report.split(',')[0]}), "
+        probes.append(Probe("tracepoint", "syscalls:sys_enter_sendto", "tracepoint__syscalls__sys_enter_sendto"))
+        hits.append("simple Query 3 (PortalRun, check_log_duration, the backend's send, a syscall tracepoint); "
+                    "extended Bind/Execute/Sync 4 (2 check_log_duration, PortalRun, the backend's send), "
                     "+2 with a Parse (check_log_duration, SaveCachedPlan); "
                     "+2 for a failed statement (errstart_cold, AbortCurrentTransaction), +1 with its code (errcode)")
     else:
@@ -204,9 +199,6 @@ def _pg_server_times(elf, syms, mode):
     stmt_start = quirks.rip_load_address(elf.read_at_vaddr(accessor.value, 8), accessor.value) if accessor else None
     needed = [quirks.PG_DEBUG_QUERY, quirks.PG_WORKER_NUMBER, quirks.PG_END_UPROBE[0], quirks.PG_ERROR_UPROBE[0],
               *quirks.PG_ERROR_CODE_UPROBES, quirks.PG_EXECUTE_UPROBE[0]]
-    at_send = mode not in DIGEST_MODES
-    if not at_send:
-        needed.append(quirks.PG_READY_UPROBE[0])
     if stmt_start is None or not all(n in syms for n in needed):
         return None
     return {
@@ -216,9 +208,9 @@ def _pg_server_times(elf, syms, mode):
         "PG_WORKER_NUMBER_VADDR": hex(syms[quirks.PG_WORKER_NUMBER].value),
         "PG_END_VADDR": hex(syms[quirks.PG_END_UPROBE[0]].value),
         "PG_ERRSTART_VADDR": hex(syms["errstart_cold"].value),
-        # Digests are hashed by tail calls from the uprobe programs, which a
-        # tracepoint program cannot make (load.py): report at ReadyForQuery.
-        "PG_REPORT_AT_SEND": int(at_send),
+        # statements are reported at the sendto tracepoint: in the digest
+        # modes it tail-calls its own fp_chunk (bpf/common.bpf.c, load.py)
+        "DIGEST_TP_CHAIN": int(mode in DIGEST_MODES),
     }
 
 

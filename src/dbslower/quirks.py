@@ -111,9 +111,6 @@ PG_DEBUG_QUERY = "debug_query_string"
 # except in a parallel worker, which sets debug_query_string to its leader's
 # text (ParallelQueryMain).
 PG_WORKER_NUMBER = "ParallelWorkerNumber"
-# ReadyForQuery(CommandDest) (src/backend/tcop/dest.c) ends every cycle,
-# after Sync's commit; where statements are reported in digest modes.
-PG_READY_UPROBE = ("ReadyForQuery", "pg_ready")
 # The USDT probe in PortalRun (probes.d query__execute__start), for machine 1.
 PG_USDT_EXECUTE = ("query__execute__start", "pg_execute")
 PG_EXECUTE_UPROBE = ("PortalRun", "pg_execute")

@@ -37,7 +37,8 @@ def load(engine, servers, mode, text_bytes, filter_pids, no_usdt=None, method="a
         sizes = {}
         from dbslower.plan import DIGEST_MODES
         for lt in tracer.loaded:
-            fns = [p.fn for p in lt.target.probes] + (["fp_chunk"] if mode in DIGEST_MODES else [])
+            fns = [p.fn for p in lt.target.probes] + (["fp_chunk"] if mode in DIGEST_MODES else []) \
+                + (["fp_chunk_tp"] if lt.target.cflags.get("DIGEST_TP_CHAIN") else [])
             for fn in fns:
                 sizes[fn] = len(lt.bpf.dump_func(fn.encode())) // 8
         print(f"{engine} {plan.targets[0].method} {mode} {digest_key} {text_bytes} filter={filter_pids}: "
@@ -53,8 +54,9 @@ def test_postgres_variants(pg, mode, text_bytes, monkeypatch):
     from dbslower.plan import DIGEST_MODES, FORCE_STATUS_ENV
     servers = find_servers("postgres", pids=[pg.pid])
     # the server's own start stamp; the report at the backend's send (a
-    # tracepoint) or, where digests are hashed in tail calls, ReadyForQuery
-    report = "pg_ready" if mode.partition("/")[0] in DIGEST_MODES else "tracepoint__syscalls__sys_enter_sendto"
+    # tracepoint), which in the digest modes tail-calls its own fp_chunk
+    report = "tracepoint__syscalls__sys_enter_sendto"
+    digest = mode.partition("/")[0] in DIGEST_MODES
     for machine in ("server-times", "status"):
         if machine == "status":
             monkeypatch.setenv(FORCE_STATUS_ENV, "1")
@@ -64,6 +66,7 @@ def test_postgres_variants(pg, mode, text_bytes, monkeypatch):
                 assert got == method and sizes
                 assert ("pg_status" in sizes) == (machine == "status")
                 assert (report in sizes) == (machine == "server-times")
+                assert ("fp_chunk_tp" in sizes) == (digest and machine == "server-times")
 
 
 SOCKET_MODES = ["stream", "hist", "floor", "serve/operation"]

@@ -4,6 +4,7 @@ import collections
 import json
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -216,18 +217,38 @@ def test_json_lines_from_the_compiled_helper_count_and_context(pg):
 
 def test_application_name_follows_set_and_pid_reuse_gets_fresh_context(pg):
     """pgjdbc sets application_name right after connecting: each statement
-    shows the name in force when it ran, not one cached for seconds."""
+    shows the name in force when it ran, not one cached for seconds; each
+    one the name the server's own log line (%a) gives it, SET included."""
+    import re
     import psycopg
     conninfo = f"host={pg.sock} port={pg.port} user=postgres dbname=postgres"
-    with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
-        with psycopg.connect(conninfo, autocommit=True, application_name="first") as conn:
-            conn.execute("SELECT 'one'")
-            conn.execute("SET application_name = 'second'")
-            conn.execute("SELECT 'two'")
-            conn.execute("SET application_name = 'third'")
-            conn.execute("SELECT 'three'")
-    names = {e["query"]: e["application_name"] for e in run.events()}
-    assert (names["SELECT 'one'"], names["SELECT 'two'"], names["SELECT 'three'"]) == ("first", "second", "third")
+    statements = ["SELECT 'one'", "SET application_name = 'second'", "SELECT 'two'",
+                  "SET application_name = 'third'", "SELECT 'three'"]
+    log = pg.log_statements(True)
+    start = log.stat().st_size
+    try:
+        pg.psql("ALTER SYSTEM SET log_line_prefix = '@@%p@@ [%a] '")
+        pg.psql("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        with Run(["postgres", "-m", "0", "-j", "-p", pg.pid]) as run:
+            for query in statements:  # simple protocol, a psql session each
+                pg.psql(query)
+            for prepare in (False, True):  # psycopg: simple protocol, then Parse/Bind/Execute
+                with psycopg.connect(conninfo, autocommit=True, application_name="first") as conn:
+                    for query in statements:
+                        conn.execute(query, prepare=prepare)
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            logged = re.findall(r"^@@\d+@@ \[(.*?)\] LOG:  duration: [0-9.]+ ms  (?:statement|execute [^:]*): (.*)$",
+                                f.read(), re.M)
+    finally:
+        pg.log_statements(False)
+    events = [(e["application_name"], e["query"]) for e in run.events()]
+    assert events == logged and len(events) == 3 * len(statements)
+    for session in (1, 2):
+        names = {q: n for n, q in events[session * len(statements):(session + 1) * len(statements)]}
+        assert (names["SELECT 'one'"], names["SELECT 'two'"], names["SELECT 'three'"]) == ("first", "second", "third")
+        assert names["SET application_name = 'second'"] == "second"
 
 
 @pytest.mark.parametrize("attach_env", [{}, {"DBSLOWER_PERF_UPROBES": "1"}], ids=["links", "perf-events"])

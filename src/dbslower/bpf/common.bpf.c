@@ -64,6 +64,9 @@
 #ifndef DIGEST_BY_OPERATION
 #define DIGEST_BY_OPERATION 0
 #endif
+#ifndef DIGEST_TP_CHAIN
+#define DIGEST_TP_CHAIN 0
+#endif
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, CTR_COUNT);
@@ -416,6 +419,14 @@ struct fp_work {
 };
 BPF_PERCPU_ARRAY(fp_work, struct fp_work, 1);
 BPF_PROG_ARRAY(fp_chain, 1);
+#if DIGEST_TP_CHAIN
+/* A method whose uprobe programs and a syscall tracepoint both finish
+ * statements (postgres.bpf.c reports at the backend's send): a tail call
+ * needs a callee of its caller's program type (kernel/bpf/core.c,
+ * bpf_prog_map_compatible), so the tracepoint has its own fp_chunk
+ * (fp_chunk_tp, loaded as a tracepoint program by load.py). */
+BPF_PROG_ARRAY(fp_chain_tp, 1);
+#endif
 #if SLOW_EVENTS
 /* top: statements at least slow_ns[0] - 1 ns long are also streamed, with
  * their fingerprint; 0 means not set yet. A map, not a #define, so the
@@ -605,8 +616,9 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 }
 
 /* Hashes the next FP_CHUNK bytes of the pending statement, then tail-calls
- * itself for the rest, or records the statement under its fingerprint. */
-int fp_chunk(struct pt_regs *ctx)
+ * itself for the rest (through the chain of its own program type), or
+ * records the statement under its fingerprint. */
+static __always_inline int fp_chunk_step(void *ctx, int in_tracepoint)
 {
 	u32 zero = 0;
 	struct fp_work *w = fp_work.lookup(&zero);
@@ -645,8 +657,15 @@ int fp_chunk(struct pt_regs *ctx)
 	w->prev = prev;
 	w->hash = hash;
 	w->pos = pos;
-	if (pos < len)
-		fp_chain.call(ctx, 0); /* does not return unless it fails */
+	if (pos < len) {
+		/* does not return unless it fails */
+#if DIGEST_TP_CHAIN
+		if (in_tracepoint)
+			fp_chain_tp.call(ctx, 0);
+		else
+#endif
+			fp_chain.call(ctx, 0);
+	}
 	w->pending = 0;
 	hash |= 1; /* never 0, which means "no fingerprint" */
 	if (w->cache_key)
@@ -654,6 +673,18 @@ int fp_chunk(struct pt_regs *ctx)
 	digest_update(&w->ev, hash);
 	return 0;
 }
+
+int fp_chunk(struct pt_regs *ctx)
+{
+	return fp_chunk_step(ctx, 0);
+}
+
+#if DIGEST_TP_CHAIN
+int fp_chunk_tp(void *ctx)
+{
+	return fp_chunk_step(ctx, 1);
+}
+#endif
 
 /* Every probe handler that can finish a statement ends with this: the
  * statement is hashed by the tail-called fp_chunk, after the handler's own
@@ -665,8 +696,24 @@ static __always_inline void digest_tail(void *ctx)
 	if (w && w->pending)
 		fp_chain.call(ctx, 0);
 }
+
+/* The same, from a syscall tracepoint of a method whose other programs are
+ * uprobes (DIGEST_TP_CHAIN). */
+static __always_inline void digest_tail_tp(void *ctx)
+{
+#if DIGEST_TP_CHAIN
+	u32 zero = 0;
+	struct fp_work *w = fp_work.lookup(&zero);
+	if (w && w->pending)
+		fp_chain_tp.call(ctx, 0);
+#endif
+}
 #else
 static __always_inline void digest_tail(void *ctx)
+{
+}
+
+static __always_inline void digest_tail_tp(void *ctx)
 {
 }
 #endif

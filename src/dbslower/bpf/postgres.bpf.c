@@ -43,9 +43,9 @@
  * extended protocol commits there, after its Execute's window, and an error
  * there (a deferred constraint) must still mark it failed. Machine 1 reports
  * it at the backend's next send() (the sendto syscall tracepoint, as cheap
- * as a probe gets; ReadyForQuery() flushes with send()), or at
- * ReadyForQuery() itself where a digest is hashed by tail calls from uprobe
- * programs; machine 0 at the backend's next state report. Either also
+ * as a probe gets; ReadyForQuery() flushes with send(); in the digest modes
+ * the tracepoint has its own fingerprint chain, DIGEST_TP_CHAIN); machine 0
+ * at the backend's next state report. Either also
  * reports it when the backend's next message starts (pipelines).
  *
  * Errors: the backend's error recovery in PostgresMain calls
@@ -65,8 +65,7 @@
  * Config: PG_SERVER_TIMES with PG_END_VADDR, PG_ERRSTART_VADDR (the file
  * addresses of check_log_duration and errstart_cold), PG_STMT_START_VADDR,
  * PG_DEBUG_QUERY_VADDR, PG_WORKER_NUMBER_VADDR (of stmtStartTimestamp,
- * debug_query_string, ParallelWorkerNumber), PG_TAI_OFFSET_NS and
- * PG_REPORT_AT_SEND; or USE_USDT and PG_STATE_RUNNING (BackendState value of
+ * debug_query_string, ParallelWorkerNumber) and PG_TAI_OFFSET_NS; or USE_USDT and PG_STATE_RUNNING (BackendState value of
  * STATE_RUNNING, per version). PG_PARSE_SLOTS (1: SaveCachedPlan is probed)
  * with PG_PLANSOURCE_QUERY_STRING (offset of CachedPlanSource.query_string).
  */
@@ -78,11 +77,11 @@
 struct pg_inflight {
 	u64 window_start_ns; /* machine 0: 0 when no message is being processed */
 	u64 pending_ns;      /* earlier windows of this statement */
-	u64 text_ptr;        /* the text reported for the latest window */
+	u64 text_ptr;        /* the text reported for the latest window (machine 1: read
+	                      * when needed, see window_text) */
 	u64 saved_src;       /* SaveCachedPlan in the current window: its query_string */
 	u64 parse_src[PARSE_SLOTS]; /* a Parse's statement (its query_string)... */
 	u64 parse_ns[PARSE_SLOTS];  /* ...and the Parse's time, until a Bind uses it */
-	u64 last_app_ptr;    /* application_name's pointer already sent in a KIND_APP note */
 	u64 last_start_us;   /* machine 1: stmtStartTimestamp of the last window closed */
 	u64 msg_start_us;    /* machine 1: ...and of the message an error was raised in */
 	u32 parse_next;      /* the slot a new Parse takes when none is free */
@@ -94,6 +93,7 @@ struct pg_inflight {
 	u8 client;           /* a client backend (see engine_thread_exit) */
 	u8 in_msg;           /* machine 1: an ERROR was raised in a message not closed yet */
 	u8 pad[5];
+	struct pg_backend backend;
 	struct query_event ev;
 };
 
@@ -120,10 +120,12 @@ static __always_inline struct pg_inflight *thread_entry(u32 tgid, u32 tid, int l
 	return inflight.lookup(&tid);
 }
 
+/* The statement will leave the kernel with its text (and application_name). */
 static __always_inline void copy_text(struct pg_inflight *v, const char *text)
 {
 	v->text_copied = 1;
 	copy_cstr(&v->ev, text);
+	pg_app(&v->ev, &v->backend, v->ev.pid, v->ev.tid);
 }
 
 static __always_inline void end_statement(struct pg_inflight *v)
@@ -147,6 +149,16 @@ static __always_inline void error_starts(struct pg_inflight *v)
 	v->ev.error_code = PG_ERRCODE_INTERNAL;
 }
 
+/* The closing window's text: read now from the pointer at text_at in user
+ * memory (machine 1: debug_query_string, read only by a window that needs
+ * its text), or held in text_ptr already (text_at NULL: machine 0). */
+static __always_inline const char *window_text(struct pg_inflight *v, const void *text_at)
+{
+	if (text_at)
+		bpf_probe_read_user(&v->text_ptr, sizeof(v->text_ptr), text_at);
+	return (const char *)v->text_ptr;
+}
+
 #if PG_PARSE_SLOTS
 /* A Parse's window closed: keep its time for the Bind of its statement. */
 static __always_inline void keep_parse(struct pg_inflight *v, u64 src, u64 ns)
@@ -164,9 +176,16 @@ static __always_inline void keep_parse(struct pg_inflight *v, u64 src, u64 ns)
 	v->parse_ns[i] = ns;
 }
 
-/* A Bind of the statement whose text is at src: its Parse's time, if kept. */
-static __always_inline u64 take_parse(struct pg_inflight *v, u64 src)
+/* A Bind's window closed: the time of the Parse of the statement it binds,
+ * if kept (a Bind reports its statement's query_string as its text). */
+static __always_inline u64 take_parse(struct pg_inflight *v, const void *text_at)
 {
+	u64 kept = 0;
+	for (u32 k = 0; k < PARSE_SLOTS; k++)
+		kept |= v->parse_src[k];
+	if (!kept)
+		return 0; /* no Parse waits (prepared once, or simple protocol): no text to read */
+	u64 src = (u64)window_text(v, text_at);
 	for (u32 k = 0; k < PARSE_SLOTS; k++) {
 		if (v->parse_src[k] == src) {
 			v->parse_src[k] = 0;
@@ -178,21 +197,22 @@ static __always_inline u64 take_parse(struct pg_inflight *v, u64 src)
 #endif
 
 /* A window of ns closed: it ends its statement (a portal ran, or it failed),
- * or its time waits for the statement that follows. */
-static __always_inline void close_window(struct pg_inflight *v, u64 ns)
+ * or its time waits for the statement that follows. text_at: see window_text. */
+static __always_inline void close_window(struct pg_inflight *v, u64 ns, const void *text_at)
 {
 	if (v->executed || (v->ev.flags & EV_FAILED)) {
 		v->pending_ns += ns;
 		v->done = 1;
 #if MODE != MODE_HIST
 		if (v->pending_ns >= THRESHOLD_NS && !v->text_copied) {
+			const char *text = window_text(v, text_at);
 			/* serve: a statement under its slow threshold is only
 			 * counted, by its first word */
 			if (needs_full_text(v->pending_ns)) {
-				copy_text(v, (const char *)v->text_ptr);
+				copy_text(v, text);
 			} else {
 				v->text_copied = 1;
-				copy_op_prefix(&v->ev, (const char *)v->text_ptr);
+				copy_op_prefix(&v->ev, text);
 			}
 		}
 #endif
@@ -205,7 +225,7 @@ static __always_inline void close_window(struct pg_inflight *v, u64 ns)
 		v->has_text = 0; /* the statement starts at its Bind */
 		return;
 	}
-	ns += take_parse(v, v->text_ptr);
+	ns += take_parse(v, text_at);
 #endif
 	v->pending_ns += ns;
 }
@@ -216,7 +236,7 @@ static __always_inline void start_statement(struct pg_inflight *v, u64 start_ns,
 	v->has_text = 1;
 	v->text_copied = 0;
 	start_event(&v->ev, start_ns, tgid, tid);
-	pg_context(&v->ev, &v->last_app_ptr, tgid, tid);
+	pg_context(&v->ev, &v->backend, tgid);
 }
 
 #if PG_SERVER_TIMES
@@ -268,9 +288,8 @@ int pg_msg_end(struct pt_regs *ctx)
 	struct pg_inflight *v = thread_entry(tgid, tid, 1);
 	if (!v)
 		return 0;
-	u64 start_us = 0, text = 0;
+	u64 start_us = 0;
 	bpf_probe_read_user(&start_us, sizeof(start_us), global_at(ctx, PG_END_VADDR, PG_STMT_START_VADDR));
-	bpf_probe_read_user(&text, sizeof(text), global_at(ctx, PG_END_VADDR, PG_DEBUG_QUERY_VADDR));
 	if (v->done)
 		end_statement(v); /* a pipelined statement: this message came after it */
 	v->client = 1;
@@ -283,10 +302,9 @@ int pg_msg_end(struct pt_regs *ctx)
 		/* began before tracing: its portal may have run unseen */
 	} else {
 		v->last_start_us = start_us;
-		v->text_ptr = text;
 		if (!v->has_text)
 			start_statement(v, now - ns, tgid, tid);
-		close_window(v, ns);
+		close_window(v, ns, global_at(ctx, PG_END_VADDR, PG_DEBUG_QUERY_VADDR));
 	}
 	v->executed = 0;
 	v->saved_src = 0;
@@ -310,23 +328,15 @@ static __always_inline void pg_report(u32 tid)
 		v->has_text = 0;
 }
 
-#if PG_REPORT_AT_SEND
+/* ReadyForQuery() flushes with send(); so does every other reply, which
+ * finds no done statement, or one whose commit has run. */
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 {
 	FLOOR_RETURN();
 	pg_report((u32)bpf_get_current_pid_tgid());
+	digest_tail_tp(args);
 	return 0;
 }
-#else
-/* ReadyForQuery(CommandDest dest) */
-int pg_ready(struct pt_regs *ctx)
-{
-	FLOOR_RETURN();
-	pg_report((u32)bpf_get_current_pid_tgid());
-	digest_tail(ctx);
-	return 0;
-}
-#endif
 
 /* errstart_cold(int elevel, const char *domain): an ERROR or worse starts */
 int pg_errstart(struct pt_regs *ctx)
@@ -425,7 +435,7 @@ static __always_inline int on_status(const char *text, int running)
 	struct pg_inflight *v = inflight.lookup(&tid);
 	if (v) {
 		if (v->window_start_ns) {
-			close_window(v, now - v->window_start_ns);
+			close_window(v, now - v->window_start_ns, 0);
 			v->window_start_ns = 0;
 		}
 		if (v->done)
@@ -494,7 +504,7 @@ int pg_msg_end(struct pt_regs *ctx)
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct pg_inflight *v = inflight.lookup(&tid);
 	if (v && v->window_start_ns) {
-		close_window(v, now - v->window_start_ns);
+		close_window(v, now - v->window_start_ns, 0);
 		v->window_start_ns = 0;
 	}
 	return 0;

@@ -61,7 +61,7 @@
 struct pg_sock {
 	u64 created_ns;   /* tells this backend's named statements from those of a dead one with its PID */
 	u64 batch;        /* the current request's first message (user memory) */
-	u64 last_app_ptr;
+	struct pg_backend backend;
 	u64 parse_hash;   /* a request that only parsed: its statement's name... */
 	u64 parse_ns;     /* ...and its time, added to the first request that binds that name */
 	u64 added_ns;     /* the current request's share of such a parse */
@@ -147,7 +147,7 @@ static __always_inline void keep_named(struct pg_sock *v, u32 tgid, const char *
 static __always_inline void start_request(struct pg_sock *v, u64 now, u32 tgid, u32 tid)
 {
 	start_event(&v->ev, now, tgid, tid);
-	pg_context(&v->ev, &v->last_app_ptr, tgid, tid);
+	pg_context(&v->ev, &v->backend, tgid);
 }
 
 static __always_inline void end_request(struct pg_sock *v, u64 now)
@@ -360,14 +360,17 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 	return 0;
 }
 
-/* The request's text into ev, when it is reported. */
+/* The request's text (and application_name) into ev, when it is reported. */
 static __always_inline void fill_text(struct pg_sock *v, u32 tgid)
 {
+	int full = needs_full_text(v->ev.duration_ns);
+	if (full)
+		pg_app(&v->ev, &v->backend, tgid, v->ev.tid);
 	if (v->ev.text_len)
 		return; /* copied when more input arrived */
 	const char *at = (const char *)(v->batch + v->text_off);
 	if (v->text_kind == TEXT_IN_BATCH) {
-		if (needs_full_text(v->ev.duration_ns))
+		if (full)
 			copy_cstr(&v->ev, at);
 		else
 			copy_op_prefix(&v->ev, at); /* serve, under its threshold: the first word is all it needs */
