@@ -65,9 +65,11 @@
  * Config: PG_SERVER_TIMES with PG_END_VADDR, PG_ERRSTART_VADDR (the file
  * addresses of check_log_duration and errstart_cold), PG_STMT_START_VADDR,
  * PG_DEBUG_QUERY_VADDR, PG_WORKER_NUMBER_VADDR (of stmtStartTimestamp,
- * debug_query_string, ParallelWorkerNumber) and PG_TAI_OFFSET_NS; or USE_USDT and PG_STATE_RUNNING (BackendState value of
- * STATE_RUNNING, per version). PG_PARSE_SLOTS (1: SaveCachedPlan is probed)
- * with PG_PLANSOURCE_QUERY_STRING (offset of CachedPlanSource.query_string).
+ * debug_query_string, ParallelWorkerNumber) and PG_TAI_OFFSET_NS; or
+ * USE_USDT and PG_STATE_RUNNING (BackendState value of STATE_RUNNING, per
+ * version). PG_PARSE_SLOTS (1: SaveCachedPlan is probed) with
+ * PG_PLANSOURCE_QUERY_STRING (offset of CachedPlanSource.query_string).
+ * DIGEST_TP_CHAIN (common.bpf.c) in the digest modes of machine 1.
  */
 
 #define PARSE_SLOTS 4
