@@ -446,7 +446,7 @@ class Bench:
                       f"{', '.join(f'{t:.2f} s' for t in self.stop_time)}; serve tracing PostgreSQL and MariaDB, "
                       f"from Ctrl-C to its exit: {', '.join(f'{t:.2f} s' for t in self.serve_stop_time)}", "",
                   "Cost per statement without a database's noise (bench/probe_cost.py: a stand-in postgres "
-                  "calling the four probed functions in a backend's order, median of 5 x 200k):", "",
+                  "doing what a backend does for a simple Query, median of 5 x 200k):", "",
                   self.probe_cost, "",
                   "Time in the BPF handlers per statement, from the kernel's accounting (bench/handler_cost.py, "
                   "kernel.bpf_stats_enabled; tail calls count in their caller; the traps are not included):", "",

@@ -615,6 +615,20 @@ static __always_inline void digest_update(struct query_event *ev, u64 fp)
 	count_bucket(&hk, overflow);
 }
 
+/* Tail-calls fp_chunk: through fp_chain_tp from the syscall tracepoint of
+ * a method whose other programs are uprobes (DIGEST_TP_CHAIN), else through
+ * fp_chain. */
+static __always_inline void fp_chain_call(void *ctx, int in_tracepoint)
+{
+#if DIGEST_TP_CHAIN
+	if (in_tracepoint) {
+		fp_chain_tp.call(ctx, 0);
+		return;
+	}
+#endif
+	fp_chain.call(ctx, 0);
+}
+
 /* Hashes the next FP_CHUNK bytes of the pending statement, then tail-calls
  * itself for the rest (through the chain of its own program type), or
  * records the statement under its fingerprint. */
@@ -657,15 +671,8 @@ static __always_inline int fp_chunk_step(void *ctx, int in_tracepoint)
 	w->prev = prev;
 	w->hash = hash;
 	w->pos = pos;
-	if (pos < len) {
-		/* does not return unless it fails */
-#if DIGEST_TP_CHAIN
-		if (in_tracepoint)
-			fp_chain_tp.call(ctx, 0);
-		else
-#endif
-			fp_chain.call(ctx, 0);
-	}
+	if (pos < len)
+		fp_chain_call(ctx, in_tracepoint); /* does not return unless it fails */
 	w->pending = 0;
 	hash |= 1; /* never 0, which means "no fingerprint" */
 	if (w->cache_key)
@@ -688,34 +695,20 @@ int fp_chunk_tp(void *ctx)
 
 /* Every probe handler that can finish a statement ends with this: the
  * statement is hashed by the tail-called fp_chunk, after the handler's own
- * map updates are done. */
-static __always_inline void digest_tail(void *ctx)
+ * map updates are done. digest_tail_tp: from the syscall tracepoint of a
+ * method whose other programs are uprobes (DIGEST_TP_CHAIN). */
+static __always_inline void digest_tail_from(void *ctx, int in_tracepoint)
 {
 	u32 zero = 0;
 	struct fp_work *w = fp_work.lookup(&zero);
 	if (w && w->pending)
-		fp_chain.call(ctx, 0);
+		fp_chain_call(ctx, in_tracepoint);
 }
-
-/* The same, from a syscall tracepoint of a method whose other programs are
- * uprobes (DIGEST_TP_CHAIN). */
-static __always_inline void digest_tail_tp(void *ctx)
-{
-#if DIGEST_TP_CHAIN
-	u32 zero = 0;
-	struct fp_work *w = fp_work.lookup(&zero);
-	if (w && w->pending)
-		fp_chain_tp.call(ctx, 0);
-#endif
-}
+#define digest_tail(ctx) digest_tail_from(ctx, 0)
+#define digest_tail_tp(ctx) digest_tail_from(ctx, 1)
 #else
-static __always_inline void digest_tail(void *ctx)
-{
-}
-
-static __always_inline void digest_tail_tp(void *ctx)
-{
-}
+#define digest_tail(ctx)
+#define digest_tail_tp(ctx)
 #endif
 
 /* Defined by the engine's fragment: forgets thread tid's statement state;
