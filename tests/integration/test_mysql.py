@@ -186,7 +186,11 @@ def test_prepared_before_tracing_is_marked_and_counted(maria):
     assert events and all(e["text_missing"] and e["query"] == "" for e in events)
     assert all(e["command"] == "COM_STMT_EXECUTE" for e in events)
     m = re.search(r"dbslower: (\d+) statements had no text: prepared before tracing", run.stderr)
-    # The counter is read just before the last events: it can be a few behind them.
-    assert m and len(events) - 100 <= int(m[1]) <= len(events), run.stderr
+    # The counter is read just before the last events: it can be a few behind
+    # them. Events the reader could not take in time are counted and shown as
+    # lost (a loaded host), and are part of the counter too.
+    lost = re.search(r"dbslower: (\d+) events lost", run.stderr)
+    lost_n = int(lost[1]) if lost else 0
+    assert m and len(events) - 100 <= int(m[1]) <= len(events) + lost_n, run.stderr
     rows = table.stdout.splitlines()[1:]
     assert rows and all(r.endswith("[text unavailable: prepared before tracing]") for r in rows)
