@@ -56,6 +56,14 @@ SERVE_PORT = 19479
 # process's CPU time includes it. Set for the run, restored after.
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 HALT_POLL_NS = 200_000
+# Issue 12's targets: the minimum median ratio to baseline for each mode
+# group and workload. A group is met when each of its conditions is.
+TARGETS = [
+    ("filter", ["filter"], {"pg-simple": 0.95, "pg-extended": 0.92, "mariadb-point": 0.95}),
+    ("--hist / --digest / serve", ["hist", "digest", "serve"],
+     {"pg-simple": 0.93, "pg-extended": 0.90, "mariadb-point": 0.93}),
+    ("-m 0 -j to a file", ["stream"], {"pg-simple": 0.90, "pg-extended": 0.88, "mariadb-point": 0.90}),
+]
 FP = {"mariadb-point": "select c from sbtest? where id=?",
       "pg-simple": "select abalance from pgbench_accounts where aid = ?",
       "pg-extended": "select abalance from pgbench_accounts where aid = $1"}
@@ -441,6 +449,7 @@ class Bench:
                 scpu = f"{statistics.median(r['cpu_us'] for r in cpus):.1f}" if cpus else "-"
                 added = f"{statistics.median(r['cpu_us'] - r['base_cpu_us'] for r in cpus):+.2f}" if cpus else "-"
                 lines.append(f"| {workload} | {cond} | {ratio:.3f} | {vs_floor} | {scpu} | {added} | {evs} | {lost} | {cpu} | {rss} |")
+        lines += ["", *targets_table(self.results, self.args.workloads)]
         lines += ["", f"Time from start to the Tracing line with 200 idle PostgreSQL connections: "
                       f"{', '.join(f'{t:.2f} s' for t in self.attach_time)}; from Ctrl-C to its exit: "
                       f"{', '.join(f'{t:.2f} s' for t in self.stop_time)}; serve tracing PostgreSQL and MariaDB, "
@@ -458,6 +467,37 @@ class Bench:
         print(text)
         print(f"\nwritten to {out}")
         return 0
+
+
+def targets_table(results, workloads):
+    """The targets against this run: for each mode group and workload, the
+    lowest median ratio among the group's conditions, with the server's
+    probes and with the socket method (which has no --digest)."""
+    def median_ratio(workload, cond):
+        rs = [r["ratio"] for r in results if r["workload"] == workload and r["condition"] == cond]
+        return statistics.median(rs) if rs else None
+
+    def cell(workload, conds, target):
+        got = [(median_ratio(workload, c), c) for c in conds]
+        got = [(r, c) for r, c in got if r is not None]
+        if not got:
+            return "-"
+        worst, cond = min(got)
+        return f"{worst:.3f} {'met' if worst >= target else 'not met'}" + (f" ({cond})" if len(conds) > 1 else "")
+
+    lines = ["Against the targets (issue 12): the lowest median ratio in each group, server probes / socket method.", "",
+             "| mode | " + " | ".join(f"{w} (target)" for w in workloads) + " |",
+             "|---|" + "---|" * len(workloads)]
+    for name, conds, targets in TARGETS:
+        socket = [f"socket-{c}" for c in conds if f"socket-{c}" in OURS or c == "serve"]
+        cells = []
+        for w in workloads:
+            if w not in targets:
+                cells.append("-")
+                continue
+            cells.append(f"{cell(w, conds, targets[w])} / {cell(w, socket, targets[w])} ({targets[w]:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main():
