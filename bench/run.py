@@ -489,7 +489,7 @@ def targets_table(results, workloads):
              "| mode | " + " | ".join(f"{w} (target)" for w in workloads) + " |",
              "|---|" + "---|" * len(workloads)]
     for name, conds, targets in TARGETS:
-        socket = [f"socket-{c}" for c in conds if f"socket-{c}" in OURS or c == "serve"]
+        socket = [f"socket-{c}" for c in conds if f"socket-{c}" in OURS or f"socket-{c}" in SERVE]
         cells = []
         for w in workloads:
             if w not in targets:
