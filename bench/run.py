@@ -436,9 +436,8 @@ class Bench:
                     continue
                 # each method against its own floor (same probes, empty handlers)
                 own_floor = "socket-floor" if cond.startswith("socket-") else "floor"
-                floor = [r["ratio"] for r in rows if r["condition"] == own_floor]
-                floor_ratio = statistics.median(floor) if floor else None
-                ratio = statistics.median(r["ratio"] for r in rs)
+                floor_ratio = median_ratio(self.results, workload, own_floor)
+                ratio = median_ratio(self.results, workload, cond)
                 vs_floor = f"{ratio / floor_ratio:.3f}" if floor_ratio and cond != own_floor else "-"
                 ev = [(r.get("events"), r.get("statements")) for r in rs]
                 evs = ", ".join(f"{e}/{s}" for e, s in ev if e is not None and s) or "-"
@@ -469,16 +468,18 @@ class Bench:
         return 0
 
 
+def median_ratio(results, workload, cond):
+    """The median over rounds of a condition's ratio to its baseline, or None."""
+    rs = [r["ratio"] for r in results if r["workload"] == workload and r["condition"] == cond]
+    return statistics.median(rs) if rs else None
+
+
 def targets_table(results, workloads):
     """The targets against this run: for each mode group and workload, the
     lowest median ratio among the group's conditions, with the server's
     probes and with the socket method (which has no --digest)."""
-    def median_ratio(workload, cond):
-        rs = [r["ratio"] for r in results if r["workload"] == workload and r["condition"] == cond]
-        return statistics.median(rs) if rs else None
-
     def cell(workload, conds, target):
-        got = [(median_ratio(workload, c), c) for c in conds]
+        got = [(median_ratio(results, workload, c), c) for c in conds]
         got = [(r, c) for r, c in got if r is not None]
         if not got:
             return "-"
@@ -489,7 +490,7 @@ def targets_table(results, workloads):
              "| mode | " + " | ".join(f"{w} (target)" for w in workloads) + " |",
              "|---|" + "---|" * len(workloads)]
     for name, conds, targets in TARGETS:
-        socket = [f"socket-{c}" for c in conds if f"socket-{c}" in OURS or f"socket-{c}" in SERVE]
+        socket = [f"socket-{c}" for c in conds if f"socket-{c}" in {**OURS, **SERVE}]
         cells = []
         for w in workloads:
             if w not in targets:
